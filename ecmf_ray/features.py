@@ -46,10 +46,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     column = table.column(FEATURE_COLUMN).combine_chunks()
     if len(column) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    if pa.types.is_fixed_size_list(column.type):
-        dim = column.type.list_size
-    else:
-        dim = len(column[0].as_py())
+    dim = column.type.list_size if pa.types.is_fixed_size_list(column.type) else len(column[0].as_py())
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
 
 

@@ -1,0 +1,115 @@
+"""The ``ecmf`` command: parse arguments and config, then call one job function of the library.
+
+``ecmf <job> [--config FILE]... [key=value]...`` behaves exactly like
+``python jobs/<job>.py [--config FILE]... [key=value]...`` (what ``ray job submit`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from omegaconf import DictConfig
+
+from ecmf_ray.config import ConfigError, load_config, save_config, to_yaml
+
+# job -> (``module:function`` taking the resolved config, whether it needs a Ray session, help).
+JOBS: dict[str, tuple[str | None, bool, str]] = {
+    "prepare": ("ecmf_ray.data.prepare:run_prepare", False, "build the manifest from MER2025 data or a CSV"),
+    "extract": ("ecmf_ray.extract.pipeline:run_extract", True, "compute features with Ray Data"),
+    "enrich": (None, True, "LLM pseudo-labels, keywords and descriptions"),
+    "train": ("ecmf_ray.train.distributed:run_train", True, "K-fold training of the fusion model"),
+    "tune": (None, True, "hyperparameter search with Ray Tune"),
+    "finalize": (None, True, "relabel, ensemble, submission and report"),
+    "pipeline": ("ecmf_ray.pipeline:run_pipeline", True, "every stage in order"),
+}
+
+
+class UsageError(Exception):
+    """A command that cannot run as given; printed without a traceback."""
+
+
+def resolve_job(target: str) -> Callable[[DictConfig], dict]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML config (repeatable; later files win); 'local' and 'cluster' name the packaged profiles",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="OmegaConf dotlist overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecmf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+
+    synth = sub.add_parser("synth", help="write a synthetic dataset in the MER2025 layout")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--n", type=int, default=60, help="labelled videos")
+    synth.add_argument("--unlabeled", type=int, default=0, help="unlabelled videos (the test candidates)")
+    synth.add_argument("--label-noise", type=float, default=0.0, help="fraction of labels flipped")
+    synth.add_argument("--seed", type=int, default=0)
+
+    for name, (_, _, help_text) in JOBS.items():
+        add_config_arguments(sub.add_parser(name, help=help_text))
+
+    demo = sub.add_parser("demo", help="synthesise a small dataset and run the pipeline locally")
+    demo.add_argument("--n", type=int, default=120, help="labelled videos")
+    demo.add_argument("--unlabeled", type=int, default=40, help="unlabelled videos")
+    demo.add_argument("--label-noise", type=float, default=0.1)
+    add_config_arguments(demo)
+    return parser
+
+
+def run_job(job: str, cfg: DictConfig) -> dict:
+    """Save the resolved config, join or start Ray if the job needs it, and run the job."""
+    target, needs_ray, _ = JOBS[job]
+    if target is None:
+        raise UsageError(f"'ecmf {job}' is not yet available in this version")
+    print(f"--- resolved config ({job}) ---\n{to_yaml(cfg)}---")
+    print(f"config saved to {save_config(cfg, job)}")
+    if needs_ray:
+        from ecmf_ray.runtime import init_ray
+
+        init_ray(cfg)
+    return resolve_job(target)(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.job == "synth":
+            from ecmf_ray.data.synth import synthesize
+
+            summary = synthesize(
+                args.out, args.n, unlabeled=args.unlabeled, label_noise=args.label_noise, seed=args.seed
+            )
+            print(summary)
+            return 0
+        if args.job == "demo":
+            from ecmf_ray.pipeline import run_demo
+
+            configs = args.config or ["local"]
+            cfg = load_config(configs, args.overrides)
+            run_demo(cfg, n=args.n, unlabeled=args.unlabeled, label_noise=args.label_noise)
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        run_job(args.job, cfg)
+        return 0
+    except (ConfigError, UsageError, ValueError, FileNotFoundError) as err:
+        print(f"ecmf {args.job}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The ``prepare`` job: build ``${run_dir}/manifest.parquet`` and ``prepare_issues.csv``."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from ecmf_ray import storage
+from ecmf_ray.data import manifest as mf
+from ecmf_ray.data.mer2025 import import_manifest, import_mer2025
+
+logger = logging.getLogger(__name__)
+
+
+def run_prepare(cfg: DictConfig) -> dict:
+    """Import the configured dataset, validate it, and write the manifest and the issues file."""
+    ds = cfg.dataset
+    if ds.format == "mer2025":
+        if not ds.root:
+            raise mf.ManifestError("dataset.root is not set (the MER2025 release folder)")
+        result = import_mer2025(
+            str(ds.root),
+            video_dir=ds.video_dir,
+            labels_file=ds.labels_file,
+            subtitles_file=ds.subtitles_file,
+            text_column=ds.text_column,
+            video_extensions=list(ds.video_extensions),
+        )
+    elif ds.format == "manifest":
+        if not ds.manifest:
+            raise mf.ManifestError("dataset.manifest is not set (a CSV or Parquet manifest)")
+        result = import_manifest(str(ds.manifest))
+    else:
+        raise mf.ManifestError(f"dataset.format must be 'mer2025' or 'manifest', not '{ds.format}'")
+
+    out = mf.manifest_path(cfg.run_dir)
+    mf.write_manifest(result.manifest, out)
+    issues_uri = mf.issues_path(cfg.run_dir)
+    storage.write_csv(result.issues_frame(), issues_uri)
+
+    table = mf.counts(result.manifest)
+    print(f"manifest: {len(result.manifest)} videos -> {out}")
+    print(table.to_string(index=False))
+    print(f"issues: {len(result.issues)} rows -> {issues_uri}")
+    return {
+        "videos": len(result.manifest),
+        "issues": len(result.issues),
+        "manifest": out,
+        "issues_file": issues_uri,
+    }
