@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--unlabeled", type=int, default=0, help="unlabelled videos (the test candidates)")
     synth.add_argument("--label-noise", type=float, default=0.0, help="fraction of labels flipped")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=1, help="encoding processes")
 
     for name, (_, _, help_text) in JOBS.items():
         add_config_arguments(sub.add_parser(name, help=help_text))
@@ -92,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ecmf_ray.data.synth import synthesize
 
             summary = synthesize(
-                args.out, args.n, unlabeled=args.unlabeled, label_noise=args.label_noise, seed=args.seed
+                args.out,
+                args.n,
+                unlabeled=args.unlabeled,
+                label_noise=args.label_noise,
+                seed=args.seed,
+                workers=args.workers,
             )
             print(summary)
             return 0
