@@ -20,7 +20,7 @@ from ecmf_ray.config import ConfigError, load_config, save_config, to_yaml
 JOBS: dict[str, tuple[str | None, bool, str]] = {
     "prepare": ("ecmf_ray.data.prepare:run_prepare", False, "build the manifest from MER2025 data or a CSV"),
     "extract": ("ecmf_ray.extract.pipeline:run_extract", True, "compute features with Ray Data"),
-    "enrich": (None, True, "LLM pseudo-labels, keywords and descriptions"),
+    "enrich": ("ecmf_ray.enrich.job:run_enrich", True, "LLM pseudo-labels, keywords and descriptions"),
     "train": ("ecmf_ray.train.distributed:run_train", True, "K-fold training of the fusion model"),
     "tune": (None, True, "hyperparameter search with Ray Tune"),
     "finalize": (None, True, "relabel, ensemble, submission and report"),

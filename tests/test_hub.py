@@ -8,7 +8,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import shutil
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -168,32 +167,6 @@ def test_build_model_from_config_sizes() -> None:
 
 
 # --- s3:// folders against moto's S3 server on loopback ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> str:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    import s3fs
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield moto_endpoint
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _upload_tiny(cache_dir: str, kind: str, uri: str) -> None:

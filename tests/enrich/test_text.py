@@ -1,0 +1,81 @@
+"""The enriched text template (pure) and the tables later stages read: text inputs and LLM labels."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from chat_server import write_run
+
+from ecmf_ray.config import load_config
+from ecmf_ray.enrich import build_enriched_text, enriched_texts, llm_labels
+from ecmf_ray.enrich.table import enrichment_path, write_enrichment
+
+ROW = {"label": "happy", "keywords": "开心, 笑", "description": "语气轻快"}
+
+
+def _enrich_cfg(*overrides: str):
+    return load_config([], list(overrides)).enrich
+
+
+def test_default_template_uses_every_field() -> None:
+    assert (
+        build_enriched_text("今天真好", ROW, _enrich_cfg())
+        == "今天真好[SEP]情绪:happy[SEP]关键词:开心, 笑[SEP]语气轻快"
+    )
+
+
+@pytest.mark.parametrize(
+    ("switches", "expected"),
+    [
+        (["enrich.use_keywords=false", "enrich.use_description=false"], "今天真好[SEP]情绪:happy"),
+        (["enrich.use_label=false"], "今天真好[SEP]关键词:开心, 笑[SEP]语气轻快"),
+        (["enrich.use_label=false", "enrich.use_keywords=false", "enrich.use_description=false"], "今天真好"),
+    ],
+)
+def test_switches_drop_whole_pieces(switches: list[str], expected: str) -> None:
+    assert build_enriched_text("今天真好", ROW, _enrich_cfg(*switches)) == expected
+
+
+def test_empty_fields_and_missing_rows_drop_their_pieces() -> None:
+    cfg = _enrich_cfg()
+    assert build_enriched_text("好", {"label": None, "keywords": "", "description": "d"}, cfg) == "好[SEP]d"
+    assert build_enriched_text("好", None, cfg) == "好"
+    assert build_enriched_text(None, ROW, cfg) == "情绪:happy[SEP]关键词:开心, 笑[SEP]语气轻快"
+
+
+def test_custom_template_and_separator() -> None:
+    cfg = _enrich_cfg(
+        "enrich.text_template='{text} | emotion: {label} ({keywords})'", "enrich.template_separator=' | '"
+    )
+    assert build_enriched_text("so good", ROW, cfg) == "so good | emotion: happy (开心, 笑)"
+    bad = _enrich_cfg("enrich.text_template='{text}[SEP]{mood}'")
+    with pytest.raises(ValueError, match="mood"):
+        build_enriched_text("x", ROW, bad)
+
+
+def test_enriched_texts_and_llm_labels_read_the_run(tmp_path) -> None:
+    run_dir = str(tmp_path)
+    write_run(run_dir, {"a": "今天真好", "b": "唉", "c": ""})
+    records = pd.DataFrame(
+        [
+            {"video_id": "a", **ROW, "source": "t"},
+            {"video_id": "b", "source": "t", "error": "invalid answer", "raw": "{"},
+        ]
+    )
+    write_enrichment(records, enrichment_path(run_dir))
+    manifest = pd.DataFrame({"video_id": ["a", "b", "c"], "text": ["今天真好", "唉", None]})
+
+    plain = enriched_texts(load_config([], [f"run_dir={run_dir}"]), manifest)
+    assert plain.to_dict() == {"a": "今天真好", "b": "唉", "c": ""}
+
+    on = load_config([], [f"run_dir={run_dir}", "enrich.enabled=true", "enrich.use_description=false"])
+    texts = enriched_texts(on, manifest)
+    assert texts.index.name == "video_id"
+    assert texts.to_dict() == {"a": "今天真好[SEP]情绪:happy[SEP]关键词:开心, 笑", "b": "唉", "c": ""}
+
+    assert llm_labels(run_dir).to_dict() == {"a": "happy", "b": None}
+
+
+def test_missing_enrichment_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="ecmf enrich"):
+        llm_labels(str(tmp_path))
