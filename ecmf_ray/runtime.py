@@ -38,7 +38,9 @@ def init_ray(cfg: DictConfig) -> Any:
         logger.info("joining Ray cluster at %s", address)
         return ray.init(address=address, runtime_env=runtime_env, log_to_driver=cfg.ray.log_to_driver)
     logger.info("starting a local Ray cluster (cpus=%s, gpus=%s)", cfg.ray.num_cpus, cfg.ray.num_gpus)
+    # address="local": a fresh cluster even if `ray start` left one running on this machine.
     return ray.init(
+        address="local",
         num_cpus=cfg.ray.num_cpus,
         num_gpus=cfg.ray.num_gpus,
         runtime_env=runtime_env,
