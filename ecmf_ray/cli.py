@@ -22,7 +22,7 @@ JOBS: dict[str, tuple[str | None, bool, str]] = {
     "extract": ("ecmf_ray.extract.pipeline:run_extract", True, "compute features with Ray Data"),
     "enrich": ("ecmf_ray.enrich.job:run_enrich", True, "LLM pseudo-labels, keywords and descriptions"),
     "train": ("ecmf_ray.train.distributed:run_train", True, "K-fold training of the fusion model"),
-    "tune": (None, True, "hyperparameter search with Ray Tune"),
+    "tune": ("ecmf_ray.train.tune:run_tune", True, "hyperparameter search with Ray Tune"),
     "finalize": (None, True, "relabel, ensemble, submission and report"),
     "pipeline": ("ecmf_ray.pipeline:run_pipeline", True, "every stage in order"),
 }

@@ -8,7 +8,12 @@ from ecmf_ray.config import ConfigError, load_config, save_config
 
 def test_base_holds_the_paper_defaults():
     cfg = load_config()
-    assert (cfg.model.hidden, cfg.model.dropout, cfg.model.heads, cfg.model.attention_layers) == (128, 0.6, 2, 2)
+    assert (cfg.model.hidden, cfg.model.dropout, cfg.model.heads, cfg.model.attention_layers) == (
+        128,
+        0.6,
+        2,
+        2,
+    )
     assert (cfg.train.lr, cfg.train.grad_clip, cfg.train.max_epochs, cfg.train.folds) == (5e-5, 1.0, 200, 5)
     assert list(cfg.extract.hubert.layers) == [16, 17, 18, 19, 20, 21]
     assert cfg.models.clip == "openai/clip-vit-large-patch14"

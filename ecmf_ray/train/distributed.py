@@ -1,0 +1,245 @@
+"""K-fold training on Ray: one Ray Tune trial per fold, each running one Ray Train ``TorchTrainer``.
+
+Shape. Ray's pattern for many small models is a Tune grid over the model id with
+``max_concurrent_trials``; here the id is the fold. A trial only drives its fold's trainer, so it
+reserves no CPU (the trainer's controller takes none either): the fold's workers hold the
+resources (``train.num_workers`` x ``train.cpus_per_worker`` / GPUs), and folds run side by side
+as far as ``train.max_concurrent_folds`` and the cluster allow. One worker per fold is the right
+size for these small models; several workers train with DDP.
+
+Data. The driver reads the manifest and features once and puts them in the object store; the
+workers of a node share that copy, zero-copy.
+
+Storage and resume. Everything lives under ``${run_dir}/train/<experiment>/`` (see
+:mod:`ecmf_ray.train.outputs`); Tune and Train state go to its ``ray/`` folder through a pyarrow
+filesystem, so s3:// works. Workers report metrics with a safetensors training-state checkpoint
+through ``ray.train.report`` every ``train.checkpoint_every`` epochs and when the fold stops. A fold is
+complete once its ``result.json`` exists. A rerun skips complete folds and starts a fresh Tune
+grid over the others; each of their ``TorchTrainer`` runs has the same name and storage path as
+before, which makes Ray Train V2 hand the worker its latest checkpoint. (``Tuner.restore`` is not
+used: it would bring back the first run's pickled trial state, param space and concurrency.)
+Because every epoch re-seeds from (seed, fold, epoch), a resumed fold ends exactly where an
+uninterrupted one would, and parallel and sequential runs agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ecmf_ray import storage
+from ecmf_ray.models import validate_model_config
+from ecmf_ray.train.checkpoint import load_tensors, save_tensors
+from ecmf_ray.train.data import FeatureSet, load_feature_set
+from ecmf_ray.train.loop import FoldRun, set_torch_threads
+from ecmf_ray.train.outputs import experiment_dir, fold_done, write_experiment, write_fold
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.safetensors"
+_POLL_INTERVAL_S = 0.25
+_TRIAL_MEMORY_BYTES = 256 * 2**20
+# Keys that change where and how fast folds run, not what they compute; free to change on resume.
+SCHEDULING_KEYS = (
+    "max_concurrent_folds",
+    "num_workers",
+    "use_gpu",
+    "cpus_per_worker",
+    "gpus_per_worker",
+    "checkpoint_every",
+    "max_failures",
+)
+
+
+def experiment_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """What decides an experiment's results: seed, model section, train section minus scheduling."""
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    return {
+        "seed": int(cfg.seed),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "train": {k: v for k, v in train.items() if k not in SCHEDULING_KEYS},
+    }
+
+
+def claim_experiment(exp_dir: str, fingerprint: dict[str, Any]) -> None:
+    """Record the experiment's config, or refuse to resume it under a different one."""
+    uri = storage.join(exp_dir, "experiment.json")
+    if storage.exists(uri):
+        previous = json.loads(storage.read_text(uri))
+        if previous != fingerprint:
+            raise ValueError(
+                f"{exp_dir} holds an experiment with a different config; "
+                "set another train.experiment, or delete that folder to start over"
+            )
+        return
+    storage.write_text(uri, json.dumps(fingerprint, indent=1, sort_keys=True))
+
+
+def _report(run: FoldRun, metrics: dict[str, Any], rank: int) -> None:
+    """Report to Ray Train with the fold's training state as the checkpoint (rank 0 writes it)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            save_tensors(os.path.join(tmp, STATE_FILE), *run.state())
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fold_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: train one fold from its latest checkpoint (if any) until it stops."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    set_torch_threads(config["threads"])
+    data: FeatureSet = ray.get(config["data"][0])
+    train_cfg = config["train"]
+    device = ray.train.torch.get_device() if train_cfg["use_gpu"] else "cpu"
+    run = FoldRun(
+        data, config["fold"], config["model"], train_cfg, config["seed"],
+        device=device, rank=rank, world_size=world_size,
+    )  # fmt: skip
+    if world_size > 1:
+        run.distribute(ray.train.torch.prepare_model)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run.load_state(*load_tensors(os.path.join(folder, STATE_FILE)))
+        logger.info("fold %d resumes after epoch %d", run.fold, run.epoch)
+    resumed_from = run.epoch
+    every = max(1, int(train_cfg["checkpoint_every"]))
+    while not run.done:
+        metrics = run.step()
+        # Each report waits for the controller's next poll, so report (and checkpoint) only
+        # every few epochs; the full history goes to result.json anyway.
+        if run.done or run.epoch % every == 0:
+            _report(run, metrics, rank)
+    if rank == 0:
+        write_fold(config["exp_dir"], run, data, resumed_from)
+
+
+def run_config_storage(uri: str) -> dict[str, Any]:
+    """``storage_path`` (+ ``storage_filesystem`` for object stores) for a Ray RunConfig."""
+    if not storage.is_remote(uri):
+        return {"storage_path": uri}
+    fs, path = storage.pyarrow_fs(uri)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """Tune trial: run fold ``config["fold"]`` as a TorchTrainer and return its result."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    # The controller started below polls its workers (and so takes each report) every 2 s by
+    # default, a long time next to an epoch of these small models; poll 4 times a second.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(_POLL_INTERVAL_S))
+    fold, train_cfg = int(config["fold"]), job["train"]
+    resources = {"CPU": float(train_cfg["cpus_per_worker"])}
+    if train_cfg["use_gpu"]:
+        resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)
+    trainer = TorchTrainer(
+        fold_worker,
+        train_loop_config={**job, "fold": fold},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(train_cfg["num_workers"]),
+            use_gpu=bool(train_cfg["use_gpu"]),
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"fold{fold}",
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=int(train_cfg["max_failures"])),
+            callbacks=[TuneReportCallback()],
+            **run_config_storage(job["ray_dir"]),
+        ),
+    )
+    result = trainer.fit()
+    return {"fold": fold, **(result.metrics or {})}
+
+
+def folds_that_fit(train_cfg: dict[str, Any], cluster: dict[str, float]) -> int:
+    """How many folds' worker groups the cluster holds now (at least 1).
+
+    The default for ``train.max_concurrent_folds``: more trials than that would only start
+    controllers that wait for CPUs. Set the key explicitly to let an autoscaler add nodes.
+    """
+    per_fold = {"CPU": float(train_cfg["cpus_per_worker"]) * int(train_cfg["num_workers"])}
+    if train_cfg["use_gpu"]:
+        per_fold["GPU"] = float(train_cfg["gpus_per_worker"] or 1) * int(train_cfg["num_workers"])
+    return max(1, min(int(cluster.get(k, 0.0) // v) for k, v in per_fold.items() if v > 0))
+
+
+def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
+    """Train ``folds`` as Tune trials, at most ``train.max_concurrent_folds`` (default: what fits) at once."""
+    import ray
+    from ray import tune
+
+    job = {**job, "data": [ray.put(data)]}  # in a list: passed as a reference, fetched by workers
+    concurrency = job["train"]["max_concurrent_folds"] or folds_that_fit(
+        job["train"], ray.cluster_resources()
+    )
+    # No CPU for the trial (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers); Tune
+    # needs a non-empty request, so it reserves the driver process's memory instead.
+    trainable = tune.with_resources(
+        tune.with_parameters(fold_trial, job=job), {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"fold": tune.grid_search(folds)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=int(concurrency)),
+        run_config=tune.RunConfig(name="folds", verbose=0, **run_config_storage(job["ray_dir"])),
+    )
+    results = tuner.fit()
+    if results.errors:
+        failed = [r.config.get("fold") for r in results if r.error]
+        raise RuntimeError(f"training failed for fold(s) {failed}: {results.errors[0]}")
+
+
+def fold_job(cfg: DictConfig, exp_dir: str) -> dict[str, Any]:
+    """The plain-dict settings every fold trial and worker gets."""
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "train": train,
+        "seed": int(cfg.seed),
+        "exp_dir": exp_dir,
+        "ray_dir": storage.join(exp_dir, "ray"),
+        "threads": max(1, int(train["cpus_per_worker"])),
+    }
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """The ``train`` job: K-fold training of ``model.name`` on ``${run_dir}``'s features.
+
+    Needs a Ray session (:func:`ecmf_ray.runtime.init_ray`). Returns cv_waf, per-fold scores and
+    the experiment folder.
+    """
+    run_dir = storage.resolve(cfg.run_dir, os.getcwd())
+    branches = validate_model_config(cfg.model)
+    if int(cfg.train.num_workers) < 1:
+        # num_workers=0 is Ray Train's local mode, which persists no checkpoints to resume from.
+        raise ValueError("train.num_workers must be at least 1")
+    exp_dir = experiment_dir(run_dir, str(cfg.train.experiment))
+    claim_experiment(exp_dir, experiment_fingerprint(cfg))
+    data = load_feature_set(run_dir, branches, int(cfg.train.folds), int(cfg.seed))
+    todo = [fold for fold in range(data.n_folds) if not fold_done(exp_dir, fold)]
+    if todo:
+        logger.info("training fold(s) %s of %d into %s", todo, data.n_folds, exp_dir)
+        run_folds(data, todo, fold_job(cfg, exp_dir))
+    metrics = write_experiment(
+        exp_dir,
+        data,
+        extra={"experiment": str(cfg.train.experiment), "model": str(cfg.model.name), "branches": branches},
+    )
+    logger.info("cv_waf %.4f ± %.4f -> %s", metrics["cv_waf"]["mean"], metrics["cv_waf"]["std"], exp_dir)
+    return {"experiment_dir": exp_dir, "cv_waf": metrics["cv_waf"], "per_fold": metrics["per_fold"]}

@@ -1,0 +1,310 @@
+"""The ``tune`` job: a Ray Tune search over the fusion model's and training's hyperparameters.
+
+Each trial trains all ``train.folds`` folds in one process, in lockstep
+(:func:`ecmf_ray.train.loop.step_folds`), and reports once per epoch ``cv_waf``, the mean over
+folds of each fold's best held-out WAF so far: the score ``ecmf train`` would report if training
+stopped there. ASHA therefore compares trials on the same CV score at the same epoch. Folds,
+standardisation, seeds and models are the train job's own, so a trial's ``cv_waf`` is what
+``ecmf train`` gets with that config.
+
+Files, under ``${run_dir}/tune/``:
+
+===========  ===================================================================================
+trials.csv   one row per trial: status, the searched values, cv_waf (best mean WAF), epochs, error
+best.yaml    the best trial's searched ``model:``/``train:`` values, for ``ecmf train --config``
+ray/search/  Ray Tune's experiment state, trial checkpoints, and each trial's TensorBoard events
+===========  ===================================================================================
+
+``tune.resume=true`` continues an interrupted search (``Tuner.restore`` with ``resume_errored``):
+finished trials keep their results, running ones continue from their latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from ecmf_ray import storage
+from ecmf_ray.features import feature_matrix
+from ecmf_ray.models import validate_model_config
+from ecmf_ray.train.checkpoint import load_tensors, save_tensors
+from ecmf_ray.train.data import FeatureSet, align_branch, load_feature_set
+from ecmf_ray.train.distributed import run_config_storage
+from ecmf_ray.train.loop import FoldRun, set_torch_threads, step_folds
+from ecmf_ray.train.search_space import AUDIO_KEY, build_param_space, decode_trial, searched_keys
+
+logger = logging.getLogger(__name__)
+
+METRIC = "cv_waf"
+EXPERIMENT = "search"
+# train.experiment in best.yaml, so training the winner never collides with an existing experiment.
+BEST_EXPERIMENT = "tuned"
+AUDIO = "audio"
+
+# An audio branch for one trial: (features, present), aligned with the FeatureSet's rows.
+AudioFeatures = tuple[np.ndarray, np.ndarray]
+
+
+def tune_dir(run_dir: str) -> str:
+    return storage.join(run_dir, "tune")
+
+
+def load_audio_features(video_ids: np.ndarray, uri: str) -> AudioFeatures:
+    """One alternative audio feature folder (the feature-store format), aligned with ``video_ids``."""
+    table = storage.read_table(uri)
+    return align_branch(pd.Index(video_ids), table.column("video_id").to_pylist(), feature_matrix(table))
+
+
+def trial_features(data: FeatureSet, branches: list[str], audio: AudioFeatures | None) -> FeatureSet:
+    """``data`` restricted to ``branches`` (in that order), with ``audio`` as the audio branch if given."""
+    columns = []
+    for branch in branches:
+        if branch == AUDIO and audio is not None:
+            columns.append(audio)
+        else:
+            b = data.branches.index(branch)
+            columns.append((data.features[b], data.present[:, b]))
+    return replace(
+        data,
+        branches=tuple(branches),
+        features=tuple(f for f, _ in columns),
+        present=np.stack([p for _, p in columns], axis=1),
+    )
+
+
+def _save_runs(folder: str, runs: list[FoldRun]) -> None:
+    for run in runs:
+        save_tensors(os.path.join(folder, f"fold{run.fold}.safetensors"), *run.state())
+
+
+def _load_runs(folder: str, runs: list[FoldRun]) -> None:
+    for run in runs:
+        run.load_state(*load_tensors(os.path.join(folder, f"fold{run.fold}.safetensors")))
+
+
+def search_trial(
+    config: dict[str, Any], data: FeatureSet, audio: dict[str, AudioFeatures], job: dict[str, Any]
+) -> None:
+    """Tune trial: every fold of one config in lockstep, one report (``cv_waf``) per epoch."""
+    from ray import tune
+
+    set_torch_threads(job["threads"])
+    values = decode_trial(config, job["labels"])
+    model_cfg = {**job["model"], **values["model"]}
+    train_cfg = {**job["train"], **values["train"]}
+    branches = validate_model_config(model_cfg)
+    features = trial_features(data, branches, audio.get(values[AUDIO_KEY] or job["audio_default"]))
+    device = "cuda" if job["gpus"] else "cpu"
+    runs = [
+        FoldRun(features, fold, model_cfg, train_cfg, job["seed"], device=device)
+        for fold in range(features.n_folds)
+    ]
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _load_runs(folder, runs)
+    every = max(1, int(job["checkpoint_every"]))
+    while not all(run.done for run in runs):
+        summary = step_folds(runs)
+        metrics = {METRIC: summary["cv_waf"], "val_waf": summary["val_waf"], "epoch": summary["epoch"]}
+        if summary["done"] or summary["epoch"] % every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_runs(tmp, runs)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders (the default packs every searched value into the name): TensorBoard run names."""
+    return f"trial_{trial.trial_id}"
+
+
+def csv_cells(trials: pd.DataFrame) -> pd.DataFrame:
+    """List cells (branch sets) as ``[a, b]``, the form a ``key=value`` override takes."""
+    return trials.map(lambda v: f"[{', '.join(map(str, v))}]" if isinstance(v, list) else v)
+
+
+def _searcher(tune_cfg: DictConfig, seed: int) -> Any:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if tune_cfg.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=seed)
+    if tune_cfg.search in ("random", "grid"):
+        return BasicVariantGenerator(random_state=seed)
+    raise ValueError(f"tune.search must be random, grid or optuna, not {tune_cfg.search!r}")
+
+
+def _scheduler(tune_cfg: DictConfig, max_epochs: int) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if tune_cfg.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_epochs,
+            grace_period=int(tune_cfg.grace_period),
+            reduction_factor=float(tune_cfg.reduction_factor),
+        )
+    if tune_cfg.scheduler == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"tune.scheduler must be asha or fifo, not {tune_cfg.scheduler!r}")
+
+
+def _load_data(
+    cfg: DictConfig, run_dir: str, searched: dict[str, list]
+) -> tuple[FeatureSet, dict[str, AudioFeatures]]:
+    """Every branch any trial may use, read once; alternative audio folders separately."""
+    branch_sets = searched["model.branches"][1:] if "model.branches" in searched else [cfg.model.branches]
+    wanted = list(dict.fromkeys(b for branches in branch_sets for b in branches))
+    audio_dirs = list(cfg.tune.audio_features)
+    base = [b for b in wanted if not (b == AUDIO and audio_dirs)]
+    data = load_feature_set(run_dir, base, int(cfg.train.folds), int(cfg.seed))
+    audio = {d: load_audio_features(data.video_ids, storage.resolve(d, run_dir)) for d in audio_dirs}
+    return data, audio
+
+
+def _trial_rows(results: Any, labels: dict) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        values = decode_trial(result.config or {}, labels)
+        metrics = result.metrics or {}
+        row = {
+            "trial_id": metrics.get("trial_id", os.path.basename(str(result.path))),
+            "status": "ERROR" if result.error else "TERMINATED",
+            **{f"{s}.{k}": v for s in ("model", "train") for k, v in values[s].items()},
+        }
+        if values[AUDIO_KEY] is not None:
+            row[AUDIO_KEY] = values[AUDIO_KEY]
+        row.update(
+            {
+                METRIC: metrics.get(METRIC),
+                "epochs": metrics.get("training_iteration", 0),
+                "error": str(result.error).splitlines()[0] if result.error else "",
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(METRIC, ascending=False, na_position="last", kind="stable")
+
+
+def best_yaml(trials: pd.DataFrame, experiment: str) -> str:
+    """The best trial's searched values as a config fragment ``ecmf train --config`` takes as is."""
+    best = trials.dropna(subset=[METRIC]).iloc[0]
+    fragment: dict[str, dict[str, Any]] = {"model": {}, "train": {"experiment": experiment}}
+    for name, value in best.items():
+        section, _, key = str(name).partition(".")
+        if section in fragment:
+            fragment[section][key] = value.item() if hasattr(value, "item") else value
+    header = [
+        f"# Best trial {best['trial_id']} of the search: cv_waf {best[METRIC]:.4f} after {best['epochs']} epochs.",
+        "# Use: ecmf train --config configs/base.yaml --config best.yaml run_dir=...",
+    ]
+    if AUDIO_KEY in best and isinstance(best[AUDIO_KEY], str):
+        header.append(
+            f"# Its audio features came from {best[AUDIO_KEY]}: "
+            "put them at ${run_dir}/features/audio before training."
+        )
+    return "\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(fragment))
+
+
+def run_tune(cfg: DictConfig) -> dict[str, Any]:
+    """The ``tune`` job: search ``tune.space``, write trials.csv and best.yaml; returns the best trial.
+
+    Needs a Ray session (:func:`ecmf_ray.runtime.init_ray`).
+    """
+    from ray import tune
+
+    run_dir = storage.resolve(cfg.run_dir, os.getcwd())
+    out_dir = tune_dir(run_dir)
+    ray_dir = storage.join(out_dir, "ray")
+    base = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in ("model", "train")}
+    searched = searched_keys(OmegaConf.to_container(cfg.tune.space, resolve=True), base)
+    audio_features = list(cfg.tune.audio_features)
+    param_space, labels = build_param_space(searched, str(cfg.tune.search), audio_features)
+    if not param_space:
+        raise ValueError("tune.space searches nothing: give at least one entry, or tune.audio_features")
+
+    # Built before the (slow) feature read so that a typo in tune.search or tune.scheduler fails at once.
+    search_alg, scheduler = (
+        _searcher(cfg.tune, int(cfg.seed)),
+        _scheduler(cfg.tune, int(cfg.train.max_epochs)),
+    )
+    data, audio = _load_data(cfg, run_dir, searched)
+    job = {
+        **base,
+        "seed": int(cfg.seed),
+        "labels": labels,
+        "audio_default": audio_features[0] if audio_features else None,
+        "threads": max(1, int(cfg.tune.cpus_per_trial)),
+        "gpus": float(cfg.tune.gpus_per_trial),
+        "checkpoint_every": int(cfg.tune.checkpoint_every),
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(search_trial, data=data, audio=audio, job=job),
+        {"cpu": float(cfg.tune.cpus_per_trial), "gpu": float(cfg.tune.gpus_per_trial)},
+    )
+
+    fs, experiment_path = _experiment_location(ray_dir)
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
+        if not cfg.tune.resume:
+            raise ValueError(
+                f"{out_dir} already holds a search: pass tune.resume=true to continue it, "
+                "or delete that folder to start over"
+            )
+        # The saved experiment brings its own param space, search algorithm and scheduler; trials
+        # take model:/train: values from this config, so resume with the config that started it.
+        logger.info("resuming the search in %s", experiment_path)
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        if cfg.tune.resume:
+            logger.info("no search to resume in %s; starting one", out_dir)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                search_alg=search_alg,
+                scheduler=scheduler,
+                # The seed is fixed, so a grid point run twice gives the same score twice.
+                num_samples=1 if cfg.tune.search == "grid" else int(cfg.tune.num_samples),
+                max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+                **run_config_storage(ray_dir),
+            ),
+        )
+    results = tuner.fit()
+
+    trials = _trial_rows(results, labels)
+    storage.write_csv(csv_cells(trials), storage.join(out_dir, "trials.csv"))
+    if trials[METRIC].isna().all():
+        raise RuntimeError(f"every trial failed; see {storage.join(out_dir, 'trials.csv')}")
+    storage.write_text(storage.join(out_dir, "best.yaml"), best_yaml(trials, BEST_EXPERIMENT))
+    best = trials.iloc[0]
+    logger.info("best trial %s: cv_waf %.4f -> %s", best["trial_id"], best[METRIC], out_dir)
+    return {
+        "tune_dir": out_dir,
+        "trials": len(trials),
+        "errors": int((trials["status"] == "ERROR").sum()),
+        "best_trial": str(best["trial_id"]),
+        METRIC: float(best[METRIC]),
+    }
+
+
+def _experiment_location(ray_dir: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem or None, path)`` of the experiment folder, as Tuner.restore takes them."""
+    settings = run_config_storage(ray_dir)
+    return settings.get("storage_filesystem"), f"{settings['storage_path'].rstrip('/')}/{EXPERIMENT}"

@@ -1,0 +1,135 @@
+"""Pure pieces of training: standardisation, folds, WAF, batching, alignment, checkpoints."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fake_features import small_config
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from sklearn.metrics import f1_score
+
+from ecmf_ray.data.manifest import manifest_path
+from ecmf_ray.labels import EMOTIONS
+from ecmf_ray.train.checkpoint import load_tensors, save_tensors
+from ecmf_ray.train.data import align_branch, load_feature_set
+from ecmf_ray.train.distributed import folds_that_fit
+from ecmf_ray.train.folds import assign_folds
+from ecmf_ray.train.loop import FoldRun, epoch_batches, set_torch_threads
+from ecmf_ray.train.metrics import cv_summary, waf
+from ecmf_ray.train.outputs import load_fold_model
+from ecmf_ray.train.standardize import apply_standardizer, fit_standardizer
+
+
+def test_standardizer_fits_present_rows_only():
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [1000.0, -1000.0]], dtype=np.float32)
+    present = np.array([True, True, False])
+    mean, std = fit_standardizer(x, present)
+    np.testing.assert_allclose(mean, [2.0, 5.0])
+    np.testing.assert_allclose(std, [1.0, 1.0])  # constant dim: std 1, not 0
+    out = apply_standardizer(x, mean, std, present)
+    np.testing.assert_allclose(out, [[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    assert out.dtype == np.float32
+    mean, std = fit_standardizer(x, np.zeros(3, bool))
+    assert mean.tolist() == [0, 0] and std.tolist() == [1, 1]
+
+
+def test_folds_are_stratified_seeded_and_skip_unlabelled():
+    labels = np.array([c for c in range(6) for _ in range(10)] + [-1] * 7)
+    folds = assign_folds(labels, 5, seed=3)
+    assert (folds[labels < 0] == -1).all()
+    for fold in range(5):
+        assert np.bincount(labels[folds == fold], minlength=6).tolist() == [2] * 6
+    assert (assign_folds(labels, 5, seed=3) == folds).all()
+    assert not (assign_folds(labels, 5, seed=4) == folds).all()
+    with pytest.raises(ValueError, match="at least 2"):
+        assign_folds(labels, 1, seed=0)
+
+
+def test_waf_is_sklearn_weighted_f1_and_summary():
+    y, p = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    assert waf(y, p) == pytest.approx(f1_score(y, p, average="weighted"))
+    summary = cv_summary([{"waf": 0.5, "accuracy": 0.6}, {"waf": 0.7, "accuracy": 0.8}], y, p)
+    assert summary["cv_waf"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1)}
+    assert list(summary["per_class_f1"]) == list(EMOTIONS)
+    matrix = np.array(summary["confusion_matrix"]["matrix"])
+    assert matrix.shape == (6, 6) and matrix.sum() == 6 and matrix[2, 2] == 2
+
+
+def test_epoch_batches_cover_every_row():
+    batches = epoch_batches(10, 4, seed=1)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+    ranks = [epoch_batches(11, 4, seed=1, rank=r, world_size=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])  # same number of steps on every rank
+    assert set(np.concatenate([np.concatenate(r) for r in ranks]).tolist()) == set(range(11))
+
+
+def test_align_branch_marks_missing_nan_and_keeps_first_duplicate():
+    ids = pd.Index(["a", "b", "c", "d"])
+    matrix = np.array([[1, 1], [2, 2], [np.nan, 0], [9, 9]], dtype=np.float32)
+    out, present = align_branch(ids, ["a", "b", "c", "a"], matrix)
+    assert present.tolist() == [True, True, False, False]
+    np.testing.assert_array_equal(out, [[1, 1], [2, 2], [0, 0], [0, 0]])
+
+
+def test_feature_set_from_the_store(fake_run, tmp_path):
+    data = load_feature_set(fake_run, ["audio", "text"], 3, seed=42)
+    assert data.dims == [64, 64] and len(data.video_ids) == 270
+    assert (data.labels >= 0).sum() == 240 and len(data.predict_rows()) == 30
+    assert (~data.present).sum(axis=0).tolist() == [4, 4]  # the fake extraction's failures
+    assert data.n_folds == 3 and (data.folds[data.labels < 0] == -1).all()
+    shutil.copy(manifest_path(fake_run), manifest_path(str(tmp_path)))  # a run not yet extracted
+    with pytest.raises(FileNotFoundError, match="ecmf extract"):
+        load_feature_set(str(tmp_path), ["audio"], 3, seed=0)
+
+
+def test_resumed_fold_matches_an_uninterrupted_one(fake_run, tmp_path):
+    set_torch_threads(1)
+    cfg = small_config(fake_run, "train.max_epochs=6")
+    model_cfg, train_cfg = OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.train)
+    data = load_feature_set(fake_run, list(cfg.model.branches), 3, seed=42)
+    straight = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
+    while not straight.done:
+        straight.step()
+
+    first = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
+    for _ in range(3):
+        first.step()
+    save_tensors(str(tmp_path / "state.safetensors"), *first.state())
+    resumed = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
+    resumed.load_state(*load_tensors(str(tmp_path / "state.safetensors")))
+    while not resumed.done:
+        resumed.step()
+    assert resumed.history == straight.history
+    for key, value in straight.best_state.items():
+        torch.testing.assert_close(resumed.best_state[key], value, rtol=0, atol=0)
+
+    # The exported fold model is plain safetensors and predicts exactly like the run's best epoch.
+    path = str(tmp_path / "fold.safetensors")
+    save_tensors(path, *straight.export())
+    with safe_open(path, framework="pt") as f:
+        names, metadata = list(f.keys()), f.metadata()
+    assert "standardizer.audio.mean" in names and "model.classifier.weight" in names and metadata["format"]
+    model, standardizers, meta = load_fold_model(path)
+    assert meta["fold"] == 1 and meta["dims"] == data.dims and set(standardizers) == set(data.branches)
+    straight.use_best()
+    rows = data.predict_rows()[:5]
+    with torch.no_grad():
+        features = [
+            torch.from_numpy(apply_standardizer(x[rows], *standardizers[b], data.present[rows, i]))
+            for i, (b, x) in enumerate(zip(data.branches, data.features, strict=True))
+        ]
+        probs = torch.softmax(model(features, torch.from_numpy(data.present[rows])), dim=1).numpy()
+    np.testing.assert_allclose(probs, straight.predict(rows), rtol=1e-5, atol=1e-6)
+
+
+def test_default_fold_concurrency_is_what_the_cluster_holds():
+    train = {"cpus_per_worker": 2, "num_workers": 1, "use_gpu": False, "gpus_per_worker": 0}
+    assert folds_that_fit(train, {"CPU": 16.0}) == 8
+    assert folds_that_fit(train, {"CPU": 1.0}) == 1  # never zero: the one fold waits for CPUs
+    gpu = {**train, "use_gpu": True}
+    assert folds_that_fit(gpu, {"CPU": 16.0, "GPU": 2.0}) == 2
+    assert folds_that_fit(gpu, {"CPU": 16.0}) == 1

@@ -1,0 +1,229 @@
+"""The tune job on Ray: a small search's outputs, best.yaml into `ecmf train`, grid over audio
+feature folders, and resuming a search whose driver was killed."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from fake_features import write_fake_run  # noqa: E402
+
+from ecmf_ray.config import configs_dir, load_config  # noqa: E402
+from ecmf_ray.train.distributed import run_train  # noqa: E402
+from ecmf_ray.train.tune import run_tune  # noqa: E402
+
+# Fixed settings of every search here; searched keys stay out of them, or they would override best.yaml.
+FIXED = ["train.folds=2", "train.early_stopping_patience=null", "model.ffn_mult=2", "tune.checkpoint_every=2"]
+# A small space that learns something in a few epochs.
+SPACE = [
+    "tune.space.model.hidden=[choice,16,32]",
+    "tune.space.model.attention_layers=[choice,1,2]",
+    "tune.space.train.lr=[loguniform,1e-3,1e-2]",
+    "tune.space.train.batch_size=[choice,32,64]",
+]
+NOT_SEARCHED = [
+    f"tune.space.{key}=null"
+    for key in (
+        "model.hidden",
+        "model.dropout",
+        "model.attention_layers",
+        "model.heads",
+        "model.branches",
+        "train.lr",
+        "train.weight_decay",
+        "train.batch_size",
+    )
+]
+
+
+def config(run_dir: str, *overrides: str):
+    return load_config(["local"], [f"run_dir={run_dir}", *FIXED, *overrides])
+
+
+def trial_dirs(run_dir: str) -> dict[str, Path]:
+    return {p.name.removeprefix("trial_"): p for p in Path(run_dir, "tune", "ray", "search").glob("trial_*")}
+
+
+def iterations(trial_dir: Path) -> list[int]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line)["training_iteration"] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory: pytest.TempPathFactory) -> str:
+    run_dir = str(tmp_path_factory.mktemp("tune_run"))
+    write_fake_run(run_dir, n_train=120, n_test=12, separation=4.0)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def searched(ray_cluster, tmp_path_factory, fake_run):
+    """Optuna + ASHA: 4 trials of 2 folds, 6 epochs at most."""
+    run_dir = str(tmp_path_factory.mktemp("search"))
+    os.symlink(Path(fake_run, "manifest.parquet"), Path(run_dir, "manifest.parquet"))
+    os.symlink(Path(fake_run, "features"), Path(run_dir, "features"))
+    overrides = [*SPACE, "train.max_epochs=6", "tune.search=optuna", "tune.num_samples=4"]
+    overrides += ["tune.scheduler=asha", "tune.grace_period=2", "tune.reduction_factor=2"]
+    return run_dir, overrides, run_tune(config(run_dir, *overrides))
+
+
+def test_search_writes_trials_best_and_tensorboard(searched):
+    run_dir, _, result = searched
+    trials = pd.read_csv(Path(run_dir, "tune", "trials.csv"))
+    assert len(trials) == 4 and trials["trial_id"].is_unique and set(trials["status"]) == {"TERMINATED"}
+    assert {
+        "model.hidden",
+        "model.attention_layers",
+        "train.lr",
+        "train.batch_size",
+        "cv_waf",
+        "epochs",
+    } <= set(trials.columns)
+    assert trials["epochs"].between(1, 6).all() and trials["cv_waf"].between(0, 1).all()
+    assert trials["cv_waf"].is_monotonic_decreasing  # best first
+    assert result["cv_waf"] == trials["cv_waf"].iloc[0] and result["best_trial"] == trials["trial_id"].iloc[0]
+    # Every trial has its TensorBoard event file, in its own folder.
+    dirs = trial_dirs(run_dir)
+    assert set(dirs) == set(trials["trial_id"])
+    assert all(list(d.glob("events.out.tfevents.*")) for d in dirs.values())
+
+    best = yaml.safe_load(Path(run_dir, "tune", "best.yaml").read_text())
+    base = yaml.safe_load((configs_dir() / "base.yaml").read_text())
+    assert set(best) == {"model", "train"}
+    assert all(set(best[s]) <= set(base[s]) for s in best)
+    assert best["model"]["hidden"] == trials["model.hidden"].iloc[0]
+    assert best["train"]["lr"] == pytest.approx(trials["train.lr"].iloc[0])
+
+
+def test_best_yaml_trains_to_the_trial_score(searched):
+    """`ecmf train --config base.yaml --config best.yaml` with the search's settings scores what the trial did."""
+    run_dir, _, result = searched
+    trials = pd.read_csv(Path(run_dir, "tune", "trials.csv"))
+    epochs = int(trials["epochs"].iloc[0])  # ASHA may have stopped it: train as long as it ran
+    best = str(Path(run_dir, "tune", "best.yaml"))
+    cfg = load_config(
+        [str(configs_dir() / "base.yaml"), "local", best],
+        [f"run_dir={run_dir}", *FIXED, f"train.max_epochs={epochs}"],
+    )
+    assert cfg.train.experiment == "tuned"
+    trained = run_train(cfg)
+    assert trained["cv_waf"]["mean"] == pytest.approx(result["cv_waf"], abs=1e-6)
+
+
+def test_grid_over_audio_feature_folders(ray_cluster, tmp_path, fake_run):
+    """Two HuBERT layer combinations as two audio folders: the grid tries both, the informative one wins."""
+    informative = tmp_path / "informative"
+    write_fake_run(str(informative), n_train=120, n_test=12, p_informative=1.0, separation=8.0)
+    folders = [str(Path(fake_run, "features", "audio")), str(informative / "features" / "audio")]
+    overrides = [*NOT_SEARCHED, "tune.search=grid", "tune.scheduler=fifo", "train.max_epochs=4"]
+    overrides += ["train.lr=3e-3", f"tune.audio_features=[{folders[0]},{folders[1]}]"]
+    run_dir = str(tmp_path / "run")
+    os.makedirs(Path(run_dir, "features"))
+    os.symlink(Path(fake_run, "manifest.parquet"), Path(run_dir, "manifest.parquet"))
+    for branch in ("frame", "face", "text"):  # no features/audio: only the listed folders are read
+        os.symlink(Path(fake_run, "features", branch), Path(run_dir, "features", branch))
+    run_tune(config(run_dir, *overrides))
+    trials = pd.read_csv(Path(run_dir, "tune", "trials.csv"))
+    assert sorted(trials["audio_features"]) == sorted(folders)
+    assert trials["audio_features"].iloc[0] == folders[1]
+    assert folders[1] in Path(run_dir, "tune", "best.yaml").read_text()  # said in a comment
+
+
+def experiment_state(run_dir: str) -> dict[str, dict]:
+    """Trial id -> (status, last result) from Tune's newest experiment snapshot."""
+    files = glob.glob(os.path.join(run_dir, "tune", "ray", "search", "experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        data = json.loads(Path(max(files, key=os.path.getmtime)).read_text())
+    except (OSError, ValueError):  # caught mid-write
+        return {}
+    trials = {}
+    for trial_json, runtime_json in data["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        trials[trial["trial_id"]] = {"status": trial["status"], "last_result": runtime["last_result"]}
+    return trials
+
+
+def recorded(state: dict[str, dict]) -> tuple[set[str], set[str]]:
+    """Trials the snapshot has as finished, and as running past their first checkpoint.
+
+    A result past the checkpoint epoch (tune.checkpoint_every=2) means Tune had registered that
+    checkpoint: a result that carries a checkpoint can be snapshotted just before its checkpoint is.
+    """
+    finished = {t for t, s in state.items() if s["status"] == "TERMINATED"}
+    checkpointed = {
+        t
+        for t, s in state.items()
+        if s["status"] == "RUNNING" and (s["last_result"] or {}).get("training_iteration", 0) > 2
+    }
+    return finished, checkpointed
+
+
+def wait_for_free_cpus(ray, wait_s: float = 30.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "the killed driver's trials still hold CPUs"
+        time.sleep(0.2)
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path, fake_run):
+    run_dir = str(tmp_path)
+    os.symlink(Path(fake_run, "manifest.parquet"), Path(run_dir, "manifest.parquet"))
+    os.symlink(Path(fake_run, "features"), Path(run_dir, "features"))
+    overrides = [*SPACE, "train.max_epochs=10", "tune.search=random", "tune.num_samples=4"]
+    overrides += ["tune.scheduler=fifo", "tune.max_concurrent_trials=1"]
+    driver = (
+        "import sys, ray\n"
+        "from ecmf_ray.config import load_config\n"
+        "from ecmf_ray.train.tune import run_tune\n"
+        "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+        "run_tune(load_config(['local'], sys.argv[2:]))\n"
+    )
+    args = [f"run_dir={run_dir}", *FIXED, *overrides]
+    address = ray_cluster.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, address, *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    try:
+        # Kill once a trial has finished and the next one has saved a checkpoint, as Tune recorded it.
+        while not all(recorded(experiment_state(run_dir))):
+            assert proc.poll() is None, "the driver ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no finished and checkpointed trials within 180 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # What restore starts from: the last snapshot (it may be newer than the one polled above).
+    state = experiment_state(run_dir)
+    finished, checkpointed = recorded(state)
+    assert finished and len(finished) < 4
+    wait_for_free_cpus(ray_cluster)
+
+    with pytest.raises(ValueError, match="tune.resume=true"):
+        run_tune(config(run_dir, *overrides))
+    result = run_tune(config(run_dir, *overrides, "tune.resume=true"))
+
+    trials = pd.read_csv(Path(run_dir, "tune", "trials.csv")).set_index("trial_id")
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"} and result["errors"] == 0
+    assert set(trials["epochs"]) == {10}
+    dirs = trial_dirs(run_dir)
+    for trial in finished:  # not rerun: one result per epoch, and the score they had
+        assert iterations(dirs[trial]) == list(range(1, 11))
+        assert trials.loc[trial, "cv_waf"] == pytest.approx(state[trial]["last_result"]["cv_waf"])
+    for trial in checkpointed:  # continued from its checkpoint, not from epoch 1
+        last = json.loads((dirs[trial] / "result.json").read_text().splitlines()[-1])
+        assert last["iterations_since_restore"] < last["training_iteration"] == 10
