@@ -23,7 +23,7 @@ JOBS: dict[str, tuple[str | None, bool, str]] = {
     "enrich": ("ecmf_ray.enrich.job:run_enrich", True, "LLM pseudo-labels, keywords and descriptions"),
     "train": ("ecmf_ray.train.distributed:run_train", True, "K-fold training of the fusion model"),
     "tune": ("ecmf_ray.train.tune:run_tune", True, "hyperparameter search with Ray Tune"),
-    "finalize": (None, True, "relabel, ensemble, submission and report"),
+    "finalize": ("ecmf_ray.finalize.job:run_finalize", True, "relabel, ensemble, submission and report"),
     "pipeline": ("ecmf_ray.pipeline:run_pipeline", True, "every stage in order"),
 }
 

@@ -54,3 +54,53 @@ def load_branch(run_dir: str, branch: str) -> tuple[list[str], np.ndarray]:
     """All ``(video_ids, features)`` written for one branch."""
     table = storage.read_table(branch_dir(run_dir, branch))
     return table.column("video_id").to_pylist(), feature_matrix(table)
+
+
+ERROR_COLUMNS: tuple[str, ...] = ("video_id", "branch", "stage", "error_type", "message")
+ERRORS_SCHEMA = pa.schema([(name, pa.string()) for name in ERROR_COLUMNS])
+
+
+def feature_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            (FEATURE_COLUMN, pa.list_(pa.float32(), dim)),
+            ("model", pa.string()),
+            ("layers", pa.string()),
+            ("n_frames", pa.int32()),
+            ("face_ratio", pa.float32()),
+            ("dtype", pa.string()),
+        ]
+    )
+
+
+def feature_table(
+    video_ids: list[str],
+    matrix: np.ndarray,
+    *,
+    model: str,
+    layers: str,
+    dtype: str,
+    n_frames: np.ndarray,
+    face_ratio: np.ndarray | None = None,
+) -> pa.Table:
+    """One branch's rows in the contract's schema; ``face_ratio`` is null where not given (non-face branches)."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    n, dim = matrix.shape
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
+    ratio = pa.nulls(n, pa.float32()) if face_ratio is None else pa.array(face_ratio, pa.float32())
+    columns = [
+        pa.array(video_ids, pa.string()),
+        vectors,
+        pa.array([model] * n, pa.string()),
+        pa.array([layers] * n, pa.string()),
+        pa.array(n_frames, pa.int32()),
+        ratio,
+        pa.array([dtype] * n, pa.string()),
+    ]
+    return pa.Table.from_arrays(columns, schema=feature_schema(dim))
+
+
+def errors_table(records: list[dict[str, str]]) -> pa.Table:
+    """``errors.parquet`` rows from dicts with the keys of ``ERROR_COLUMNS``."""
+    return pa.Table.from_pylist([{k: r[k] for k in ERROR_COLUMNS} for r in records], schema=ERRORS_SCHEMA)

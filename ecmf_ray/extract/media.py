@@ -1,0 +1,129 @@
+"""The CPU stage: decode each clip, find faces, and emit small uint8 crops and audio samples.
+
+Decoding and face detection are fused into one stage so that only resized crops ever leave it: the
+decoded frames (short side ``extract.frames.size``) die in the worker that made them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ecmf_ray.extract import decode, faces
+from ecmf_ray.extract.rows import VISUAL_BRANCHES, count_column, empty_errors, error_cell, error_column
+
+
+@dataclass
+class ClipMedia:
+    """What one clip contributes to the encoders, with a failure per branch where there was one."""
+
+    frames: np.ndarray | None = None  # (K, S, S, 3) centre crops for the frame branch
+    faces: np.ndarray | None = None  # (n, F, F, 3) face crops (or centre crops, per the no-face policy)
+    face_ratio: float = float("nan")
+    audio: np.ndarray | None = None  # float32 mono samples
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def decode_clip(path: str, cfg: Any) -> ClipMedia:
+    """Decode one clip for the configured branches; every failure becomes an ``errors`` entry."""
+    e = cfg.extract
+    branches = set(e.branches)
+    media = ClipMedia()
+    try:
+        with decode.local_file(path) as local:
+            if branches & set(VISUAL_BRANCHES):
+                _add_frames(media, local, e, branches)
+            if "audio" in branches:
+                _add_audio(media, local, e)
+    except Exception as err:  # the file itself: missing, unreadable, failed download
+        media.errors.update({b: error_cell("open", err) for b in branches - {"text"}})
+    return media
+
+
+def _add_frames(media: ClipMedia, local: str, e: Any, branches: set[str]) -> None:
+    visual = [b for b in VISUAL_BRANCHES if b in branches]
+    size, num, threads = int(e.frames.size), int(e.frames.num), int(e.decode.num_threads)
+    try:
+        frames = decode.run_with_timeout(
+            lambda: decode.read_frames(local, size, num, e.frames.fps, threads),
+            float(e.decode.timeout_s),
+            "video decode",
+        )
+    except Exception as err:
+        media.errors.update({b: error_cell("decode_video", err) for b in visual})
+        return
+    if "frame" in branches:
+        media.frames = decode.center_square(frames)
+    if "face" in branches:
+        _add_faces(media, frames, e.faces)
+
+
+def _add_audio(media: ClipMedia, local: str, e: Any) -> None:
+    rate = int(e.audio.sample_rate)
+    try:
+        media.audio = decode.run_with_timeout(
+            lambda: decode.read_audio(local, rate), float(e.decode.timeout_s), "audio decode"
+        )
+    except Exception as err:
+        media.errors["audio"] = error_cell("decode_audio", err)
+
+
+def _add_faces(media: ClipMedia, frames: np.ndarray, cfg_faces: Any) -> None:
+    try:
+        boxes = faces.build_detector(cfg_faces).detect(frames)
+        crops, found = faces.face_crops(
+            frames,
+            boxes,
+            size=int(cfg_faces.size),
+            margin=float(cfg_faces.margin),
+            no_face=str(cfg_faces.no_face),
+        )
+        if len(crops) == 0:
+            raise faces.NoFaceFound(f"no face in any of the {len(frames)} sampled frames (no_face=skip)")
+    except Exception as err:
+        media.errors["face"] = error_cell("faces", err)
+        return
+    media.faces = crops
+    media.face_ratio = float(found.mean())
+
+
+def _padded(items: list[np.ndarray | None], k: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stack per-video crops into a fixed ``(B, k, size, size, 3)`` block plus the real counts."""
+    out = np.zeros((len(items), k, size, size, 3), dtype=np.uint8)
+    counts = np.zeros(len(items), dtype=np.int32)
+    for i, item in enumerate(items):
+        if item is not None:
+            out[i, : len(item)] = item
+            counts[i] = len(item)
+    return out, counts
+
+
+def decode_batch(batch: dict[str, np.ndarray], cfg: Any) -> dict[str, np.ndarray]:
+    """The decode+faces stage over a batch: ``video_id, video_path, text`` in; crops, audio and errors out.
+
+    Crops are padded to ``frames.num`` per video (fixed-shape tensors move through Ray's object store
+    without copies); ``<branch>_n`` holds how many are real.
+    """
+    e = cfg.extract
+    branches = list(e.branches)
+    # Parallelism comes from many decode tasks; OpenCV's own threads would only oversubscribe the cores.
+    cv2.setNumThreads(int(e.decode.num_threads))
+    media = [decode_clip(str(path), cfg) for path in batch["video_path"]]
+    out: dict[str, np.ndarray] = {"video_id": batch["video_id"], "text": batch["text"]}
+    out.update(empty_errors(len(media), branches))
+    for i, item in enumerate(media):
+        for branch, cell in item.errors.items():
+            out[error_column(branch)][i] = cell
+    k = int(e.frames.num)
+    if "frame" in branches:
+        out["frames"], out[count_column("frame")] = _padded([m.frames for m in media], k, int(e.frames.size))
+    if "face" in branches:
+        out["faces"], out[count_column("face")] = _padded([m.faces for m in media], k, int(e.faces.size))
+        out["face_ratio"] = np.array([m.face_ratio for m in media], dtype=np.float32)
+    if "audio" in branches:
+        # Bytes, not a tensor column: clips differ in length.
+        out["audio"] = np.array([b"" if m.audio is None else m.audio.tobytes() for m in media], dtype=object)
+    return out

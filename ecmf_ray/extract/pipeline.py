@@ -1,0 +1,92 @@
+"""The ``extract`` job: one streaming Ray Data pipeline from the manifest to the feature store.
+
+::
+
+    manifest rows ─▶ decode+faces (CPU tasks) ─▶ CLIP pool ─▶ HuBERT pool ─▶ RoBERTa pool ─▶ driver: shard per batch
+
+Each encoder is its own actor pool (``ActorPoolStrategy``); the model loads once per actor. CLIP runs
+first because it drops the largest columns (the crops), so later stages move only vectors, audio and text.
+The driver writes each finished batch as an atomic shard (see :mod:`ecmf_ray.extract.store`) while Ray Data
+keeps streaming, then consolidates the shards into ``features/<branch>/`` and ``errors.parquet``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ecmf_ray.extract import store
+from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
+from ecmf_ray.extract.media import decode_batch
+
+logger = logging.getLogger(__name__)
+
+
+def _actor_stage(ds: Any, encoder: type, cfg: DictConfig, stage_cfg: Any) -> Any:
+    import ray.data
+
+    num_cpus = float(stage_cfg.num_cpus)
+    return ds.map_batches(
+        encoder,
+        fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(num_cpus))},
+        compute=ray.data.ActorPoolStrategy(
+            min_size=int(stage_cfg.pool_min), max_size=int(stage_cfg.pool_max)
+        ),
+        batch_size=int(stage_cfg.batch_size),
+        batch_format="numpy",
+        num_cpus=num_cpus,
+        num_gpus=float(stage_cfg.num_gpus),
+        udf_modifying_row_count=False,
+    )
+
+
+def build_dataset(cfg: DictConfig, todo: Any) -> Any:
+    """The lazy Ray Data graph over ``todo`` (``video_id, video_path, text`` rows)."""
+    import ray.data
+
+    e = cfg.extract
+    branches = set(e.branches)
+    ds = ray.data.from_pandas(store.input_blocks(todo, int(e.decode.batch_size)))
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"cfg": cfg},
+        batch_size=None,  # one task per input block
+        batch_format="numpy",
+        num_cpus=float(e.decode.num_cpus),
+        # Reserving memory also keeps Ray Data from fusing this stage into the CLIP actors (it fuses a
+        # task stage into the next actor stage when their remote args match), which would serialise
+        # decoding inside the (GPU) encoder pool.
+        memory=max(1, int(e.decode.memory_mb)) * 2**20,
+        udf_modifying_row_count=False,
+    )
+    if branches & {"frame", "face"}:
+        ds = _actor_stage(ds, ClipEncoder, cfg, e.clip)
+    if "audio" in branches:
+        ds = _actor_stage(ds, HubertEncoder, cfg, e.hubert)
+    if "text" in branches:
+        ds = _actor_stage(ds, RobertaEncoder, cfg, e.roberta)
+    return ds
+
+
+def run_extract(cfg: DictConfig) -> dict:
+    """Extract every manifest video not yet written, then consolidate; returns the summary.
+
+    Expects Ray to be up (the CLI calls :func:`ecmf_ray.runtime.init_ray` first).
+    """
+    import ray.data
+
+    plan = store.plan_run(cfg)
+    branches = list(cfg.extract.branches)
+    logger.info("extract: %d videos to process, %d already written", len(plan.todo), plan.resumed)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    start = time.perf_counter()
+    processed = 0
+    if len(plan.todo):
+        ds = build_dataset(cfg, plan.todo)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            store.write_shard(cfg.run_dir, batch, branches)
+            processed += len(batch["video_id"])
+    return store.finish_run(cfg, plan, processed, time.perf_counter() - start)

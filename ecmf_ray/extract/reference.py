@@ -1,0 +1,50 @@
+"""The sequential reference path: one clip at a time through the same stage functions, no Ray.
+
+This is how the MER baselines extract (a loop over clips), kept for two reasons: the benchmark's
+baseline, and a check that the Ray pipeline computes the same features (same decode, same crops, same
+encoders; only the batching differs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+
+from ecmf_ray.extract import store
+from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
+from ecmf_ray.extract.media import decode_batch
+
+
+def build_stages(cfg: DictConfig) -> list[Any]:
+    """The configured encoders in pipeline order, loaded once."""
+    branches = set(cfg.extract.branches)
+    stages: list[Any] = []
+    if branches & {"frame", "face"}:
+        stages.append(ClipEncoder(cfg))
+    if "audio" in branches:
+        stages.append(HubertEncoder(cfg))
+    if "text" in branches:
+        stages.append(RobertaEncoder(cfg))
+    return stages
+
+
+def run_sequential(cfg: DictConfig, limit: int | None = None) -> dict:
+    """Like :func:`ecmf_ray.extract.pipeline.run_extract`, as a plain loop over clips in this process.
+
+    ``limit`` stops after that many clips without consolidating (used to pre-write a partial run).
+    """
+    plan = store.plan_run(cfg)
+    branches = list(cfg.extract.branches)
+    start = time.perf_counter()
+    stages = build_stages(cfg)
+    todo = plan.todo if limit is None else plan.todo.head(limit)
+    for block in store.input_blocks(todo, 1):
+        batch = decode_batch({name: block[name].to_numpy() for name in block.columns}, cfg)
+        for stage in stages:
+            batch = stage(batch)
+        store.write_shard(cfg.run_dir, batch, branches)
+    if limit is not None:
+        return {"processed": len(todo)}
+    return store.finish_run(cfg, plan, len(todo), time.perf_counter() - start)

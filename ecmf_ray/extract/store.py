@@ -1,0 +1,281 @@
+"""Where extraction writes, how a rerun resumes, and the final per-branch outputs.
+
+While running, every finished batch becomes one shard under ``features/_shards/`` (all branches and
+their errors together), written atomically: a shard is either whole or absent, so a killed run leaves
+only complete batches. A rerun reads the shards' ``video_id``s and processes the rest (anti-join).
+When all videos are done, :func:`consolidate` rewrites ``features/<branch>/`` and ``errors.parquet``
+from the shards, keeping each video once; it is idempotent, so a rerun of a finished run rewrites the
+same files. The shards stay as the run's journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+from omegaconf import OmegaConf
+
+from ecmf_ray import features, storage
+from ecmf_ray.data.manifest import manifest_path, read_manifest
+from ecmf_ray.enrich.text import enriched_texts
+from ecmf_ray.extract.rows import count_column, error_column, feature_column, parse_error_cell
+
+logger = logging.getLogger(__name__)
+
+SHARDS = "_shards"
+ROWS_PER_FILE = 50_000
+FACE_RATIO = "face_ratio"
+
+
+def shards_dir(run_dir: str) -> str:
+    return storage.join(features.features_dir(run_dir), SHARDS)
+
+
+def spec_path(run_dir: str) -> str:
+    return storage.join(features.features_dir(run_dir), "spec.json")
+
+
+# ------------------------------------------------------------------------------------------- the spec
+
+
+def text_source(cfg: Any) -> dict[str, Any]:
+    """What the text branch encodes: the transcript, or the enrichment template and its switches."""
+    if not cfg.enrich.enabled:
+        return {"source": "transcript"}
+    keys = ("text_template", "template_separator", "use_label", "use_keywords", "use_description", "model")
+    return {"source": "enriched", **{k: OmegaConf.to_object(cfg.enrich)[k] for k in keys}}
+
+
+def feature_spec(cfg: Any) -> dict[str, Any]:
+    """Everything that determines the feature values (not batch sizes or pool sizes).
+
+    Written to ``features/spec.json``; a rerun with a different spec refuses to mix its vectors in.
+    """
+    e = OmegaConf.to_object(cfg.extract)
+    clip = {"model": str(cfg.models.clip), "layers": e["clip"]["output"], "dtype": e["clip"]["dtype"]}
+    spec: dict[str, Any] = {
+        "branches": list(e["branches"]),
+        "frames": e["frames"],
+        "frame": {**clip, "pooling": e["clip"]["pooling"]},
+        "face": {**clip, "pooling": e["clip"]["pooling"], "faces": e["faces"]},
+        "audio": {
+            "model": str(cfg.models.hubert),
+            "layers": ",".join(str(x) for x in e["hubert"]["layers"]),
+            "combine": e["hubert"]["combine"],
+            "dtype": e["hubert"]["dtype"],
+            **e["audio"],
+        },
+        "text": {
+            "model": str(cfg.models.roberta),
+            "layers": ",".join(str(x) for x in e["roberta"]["layers"]),
+            "combine": e["roberta"]["combine"],
+            "max_length": e["roberta"]["max_length"],
+            "dtype": e["roberta"]["dtype"],
+            **text_source(cfg),
+        },
+    }
+    return json.loads(json.dumps(spec))  # plain JSON types, so a reread compares equal
+
+
+def check_spec(run_dir: str, spec: dict[str, Any]) -> None:
+    """Record ``spec`` for this run, or refuse if earlier shards were made with another one."""
+    path = spec_path(run_dir)
+    if storage.exists(path) and storage.listdir(shards_dir(run_dir)):
+        previous = json.loads(storage.read_text(path))
+        if previous != spec:
+            changed = sorted(k for k in set(spec) | set(previous) if spec.get(k) != previous.get(k))
+            raise ValueError(
+                f"{run_dir} holds features extracted with another configuration (differs in: "
+                f"{', '.join(changed)}); use a new run_dir or delete {features.features_dir(run_dir)}"
+            )
+    storage.write_text(path, json.dumps(spec, indent=2, ensure_ascii=False))
+
+
+# ------------------------------------------------------------------------------------------ the shards
+
+
+def shard_table(batch: dict[str, np.ndarray], branches: list[str]) -> pa.Table:
+    """One finished batch: ``video_id`` and, per branch, its vector, error cell and count."""
+    columns: dict[str, pa.Array] = {"video_id": pa.array(batch["video_id"].tolist(), pa.string())}
+    for branch in branches:
+        matrix = np.ascontiguousarray(batch[feature_column(branch)], dtype=np.float32)
+        columns[feature_column(branch)] = pa.FixedSizeListArray.from_arrays(
+            pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1]
+        )
+        columns[error_column(branch)] = pa.array(batch[error_column(branch)].tolist(), pa.string())
+        columns[count_column(branch)] = pa.array(batch[count_column(branch)], pa.int32())
+    if "face" in branches:
+        columns[FACE_RATIO] = pa.array(batch[FACE_RATIO], pa.float32())
+    return pa.table(columns)
+
+
+def write_shard(run_dir: str, batch: dict[str, np.ndarray], branches: list[str]) -> str:
+    """Write a batch atomically; its name hashes its ids, so writing the same batch twice overwrites."""
+    ids = sorted(batch["video_id"].tolist())
+    name = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:20]
+    uri = storage.join(shards_dir(run_dir), f"{name}.parquet")
+    storage.write_table(shard_table(batch, branches), uri)
+    return uri
+
+
+def shard_files(run_dir: str) -> list[str]:
+    """Complete shards; temporary files a killed writer left behind are removed."""
+    folder = shards_dir(run_dir)
+    names = storage.listdir(folder)
+    for name in names:
+        if ".tmp-" in name:
+            storage.remove(storage.join(folder, name))
+    return [storage.join(folder, n) for n in names if n.endswith(".parquet")]
+
+
+def read_shards(run_dir: str, columns: list[str] | None = None) -> pa.Table:
+    files = shard_files(run_dir)
+    if not files:
+        return pa.table({"video_id": pa.array([], pa.string())})
+    fs, _ = storage.pyarrow_fs(files[0])
+    paths = [storage.pyarrow_fs(f)[1] for f in files]
+    return pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def completed_ids(run_dir: str) -> set[str]:
+    return set(read_shards(run_dir, ["video_id"]).column("video_id").to_pylist())
+
+
+# ----------------------------------------------------------------------------------- planning a run
+
+
+@dataclass
+class RunPlan:
+    """The manifest's ids and the rows still to extract (``video_id, video_path, text``)."""
+
+    video_ids: list[str]
+    todo: pd.DataFrame
+    resumed: int
+
+
+def plan_run(cfg: Any) -> RunPlan:
+    """Read the manifest and the text source, check the spec, and leave out videos already written."""
+    unknown = set(cfg.extract.branches) - set(features.BRANCHES)
+    if unknown:
+        raise ValueError(f"extract.branches has unknown {sorted(unknown)}; known: {features.BRANCHES}")
+    manifest = read_manifest(manifest_path(cfg.run_dir))
+    if manifest.empty:
+        raise ValueError("the manifest has no videos")
+    if manifest["video_id"].duplicated().any():
+        raise ValueError("the manifest repeats video ids; rerun `ecmf prepare`")
+    check_spec(cfg.run_dir, feature_spec(cfg))
+    # The text branch's input comes from one hook: the transcript, or the enriched text when enabled.
+    texts = enriched_texts(cfg, manifest)
+    rows = manifest[["video_id", "video_path"]].assign(text=texts.reindex(manifest["video_id"]).to_numpy())
+    done = completed_ids(cfg.run_dir)
+    todo = rows[~rows["video_id"].isin(done)].reset_index(drop=True)
+    return RunPlan(video_ids=manifest["video_id"].tolist(), todo=todo, resumed=len(rows) - len(todo))
+
+
+def input_blocks(todo: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
+    """The rows to extract in decode-sized chunks (one Ray Data block each)."""
+    return [todo.iloc[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+
+# ------------------------------------------------------------------------------------- consolidation
+
+
+def _first_rows(table: pa.Table, keep_ids: list[str]) -> pa.Table:
+    """Rows of manifest videos, each once (the first written), in manifest order."""
+    ids = pd.Series(table.column("video_id").to_pylist())
+    order = {v: i for i, v in enumerate(keep_ids)}
+    rank = ids.map(order)
+    keep = rank.notna() & ~ids.duplicated(keep="first")
+    indices = rank[keep].sort_values(kind="stable").index.to_numpy()
+    return table.take(pa.array(indices, pa.int64()))
+
+
+def _write_parts(folder: str, table: pa.Table) -> None:
+    """Replace a branch folder's contents with ``part-NNNNN.parquet`` files."""
+    storage.makedirs(folder)
+    names = []
+    for i, start in enumerate(range(0, max(len(table), 1), ROWS_PER_FILE)):
+        names.append(f"part-{i:05d}.parquet")
+        storage.write_table(table.slice(start, ROWS_PER_FILE), storage.join(folder, names[-1]))
+    for stale in set(storage.listdir(folder)) - set(names):
+        storage.remove(storage.join(folder, stale), recursive=True)
+
+
+def consolidate(run_dir: str, video_ids: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    """Write ``features/<branch>/`` and ``errors.parquet`` from the shards: every manifest video, once.
+
+    A video with no shard row (only possible if a run was cut short) gets a ``pipeline`` error per branch,
+    so every manifest row is accounted for in every branch.
+    """
+    branches = list(spec["branches"])
+    errors: list[dict[str, str]] = []
+    failed: set[str] = set()
+    written: dict[str, int] = {}
+    for branch in branches:
+        columns = ["video_id", feature_column(branch), error_column(branch), count_column(branch)]
+        if branch == "face":
+            columns.append(FACE_RATIO)
+        table = _first_rows(read_shards(run_dir, columns), video_ids)
+        cells = table.column(error_column(branch)).to_pylist()
+        ids = table.column("video_id").to_pylist()
+        ok = np.array([not c for c in cells], dtype=bool)
+        for video_id, cell in zip(ids, cells, strict=True):
+            if cell:
+                errors.append({"video_id": video_id, "branch": branch, **parse_error_cell(cell)})
+                failed.add(video_id)
+        for video_id in sorted(set(video_ids) - set(ids)):
+            errors.append(
+                {
+                    "video_id": video_id,
+                    "branch": branch,
+                    "stage": "pipeline",
+                    "error_type": "NotProcessed",
+                    "message": "no result was written for this video; rerun extract",
+                }
+            )
+            failed.add(video_id)
+        kept = table.filter(pa.array(ok))
+        vectors = kept.column(feature_column(branch)).combine_chunks()
+        meta = spec[branch]
+        out = features.feature_table(
+            kept.column("video_id").to_pylist(),
+            vectors.flatten().to_numpy().reshape(len(kept), vectors.type.list_size),
+            model=meta["model"],
+            layers=meta["layers"],
+            dtype=meta["dtype"],
+            n_frames=kept.column(count_column(branch)).to_numpy(),
+            face_ratio=kept.column(FACE_RATIO).to_numpy() if branch == "face" else None,
+        )
+        _write_parts(features.branch_dir(run_dir, branch), out)
+        written[branch] = len(out)
+    errors.sort(key=lambda r: (r["video_id"], branches.index(r["branch"])))
+    storage.write_table(features.errors_table(errors), features.errors_path(run_dir))
+    return {
+        "videos": len(video_ids),
+        "videos_ok": len(video_ids) - len(failed),
+        "videos_errored": len(failed),
+        "rows": written,
+        "errors": len(errors),
+    }
+
+
+def finish_run(cfg: Any, plan: RunPlan, processed: int, seconds: float) -> dict[str, Any]:
+    """Consolidate, then print the one summary line."""
+    summary = consolidate(cfg.run_dir, plan.video_ids, feature_spec(cfg))
+    rate = processed / seconds if seconds > 0 else float("nan")
+    summary.update(processed=processed, resumed=plan.resumed, seconds=round(seconds, 3), videos_per_s=rate)
+    summary["output"] = features.features_dir(cfg.run_dir)
+    print(
+        f"extract: {summary['videos_ok']} videos ok, {summary['videos_errored']} videos errored, "
+        f"{rate:.2f} videos/s ({processed} processed in {seconds:.1f} s, {plan.resumed} already done) "
+        f"-> {summary['output']}"
+    )
+    logger.info("extract summary: %s", summary)
+    return summary
