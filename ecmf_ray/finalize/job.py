@@ -1,0 +1,114 @@
+"""The ``finalize`` job: relabel -> ensemble members on the refined labels -> vote -> submission and report.
+
+Writes ``${run_dir}/final/``: relabel.parquet, review_queue.csv, relabel_flows.csv (relabeling),
+ensemble_oof.parquet and ensemble_test.parquet (the vote), report.md with its PNG plots, and last
+submission.csv, whose presence marks the job as complete. Every training run it needs is a ``train``
+experiment found again on a rerun (:mod:`ecmf_ray.finalize.experiments`), so an interrupted finalize
+continues with the runs it had not finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from ecmf_ray import storage
+from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
+from ecmf_ray.finalize.experiments import MANIFEST_LABELS, Labels, run_variant, with_overrides
+from ecmf_ray.finalize.pseudo import self_train
+from ecmf_ray.finalize.relabel import check_tie_rule, flows, run_relabel
+from ecmf_ray.finalize.report import ReportInputs, write_report
+
+logger = logging.getLogger(__name__)
+
+
+def final_dir(run_dir: str) -> str:
+    return storage.join(run_dir, "final")
+
+
+def submission_path(run_dir: str) -> str:
+    return storage.join(final_dir(run_dir), "submission.csv")
+
+
+def read_truth(uri: str) -> pd.Series:
+    """video_id -> true class from a CSV with ``name, true_label`` (``ecmf synth``'s truth.csv)."""
+    with storage.open_file(uri, "rb") as f:
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    missing = {"name", "true_label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{uri}: missing column(s) {', '.join(sorted(missing))}")
+    return pd.Series(df["true_label"].to_numpy(), index=df["name"].to_numpy(), name="truth")
+
+
+def plan_variants(cfg: DictConfig) -> tuple[list[Variant], list[Variant]]:
+    """The ensemble members and ablation rows, each config checked before anything trains."""
+    from ecmf_ray.models import validate_model_config
+
+    check_tie_rule(str(cfg.finalize.relabel.tie))
+    members = ensemble_variants(cfg.finalize.ensemble, "refined")
+    rows = ablation_variants(cfg.finalize.ablation, "refined")
+    for v in [*members, *rows]:
+        validate_model_config(with_overrides(cfg, v.overrides, f"finalize variant '{v.name}'").model)
+    return members, rows
+
+
+def run_finalize(cfg: DictConfig) -> dict:
+    """Relabel, train the ensemble and ablation variants, vote, and write the submission and the report.
+
+    Needs a Ray session (:func:`ecmf_ray.runtime.init_ray`).
+    """
+    run_dir = storage.resolve(cfg.run_dir, os.getcwd())
+    cfg = with_overrides(cfg, [f"run_dir={run_dir}"], "finalize")
+    fc = cfg.finalize
+    out_dir = final_dir(run_dir)
+    truth = read_truth(str(fc.truth)) if fc.truth else None
+
+    member_variants, ablation_rows = plan_variants(cfg)
+
+    relabel = run_relabel(cfg, out_dir) if fc.relabel.enabled else None
+    refined = (
+        Labels(train=relabel.set_index("video_id")["refined"]) if relabel is not None else MANIFEST_LABELS
+    )
+    # Without relabeling, "refined" rows and members learn the original labels.
+    labels = {"original": MANIFEST_LABELS, "refined": refined}
+
+    members = [(v, run_variant(cfg, v.name, v.overrides, labels[v.labels])) for v in member_variants]
+    ensemble = vote([e for _, e in members])
+    ablation = [(v, run_variant(cfg, v.name, v.overrides, labels[v.labels])) for v in ablation_rows]
+    sections: list[str] = []
+    if fc.pseudo.enabled:
+        ensemble, members, sections = self_train(cfg, members, ensemble, labels, truth)
+
+    storage.write_table(ensemble.oof, storage.join(out_dir, "ensemble_oof.parquet"))
+    storage.write_table(ensemble.test, storage.join(out_dir, "ensemble_test.parquet"))
+    sub = submission(ensemble.test)
+    report = write_report(
+        out_dir,
+        ReportInputs(
+            run_dir=run_dir,
+            members=members,
+            ensemble=ensemble,
+            ablation=ablation,
+            submission_rows=len(sub),
+            relabel=relabel,
+            flows=flows(relabel) if relabel is not None else None,
+            truth=truth,
+            sections=sections,
+        ),
+    )
+    storage.write_csv(sub, submission_path(run_dir))  # last: marks finalize complete
+    summary = {
+        "submission": submission_path(run_dir),
+        "report": report,
+        "test_videos": len(sub),
+        "ensemble_cv_waf": ensemble.metrics["cv_waf"]["mean"],
+        "ensemble_oof_waf": ensemble.metrics["oof_waf"],
+        "members_mean_oof_waf": ensemble.metrics["members_mean_oof_waf"],
+        "members": {v.name: e.cv_waf for v, e in members},
+        "relabel_changed": int(relabel["changed"].sum()) if relabel is not None else 0,
+    }
+    logger.info("finalize: ensemble OOF WAF %.4f; report %s", summary["ensemble_oof_waf"], report)
+    return summary

@@ -1,0 +1,8 @@
+"""Finalize tests reuse the training tests' synthetic feature runs (tests/train/fake_features.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))

@@ -1,0 +1,73 @@
+"""The finalize job on Ray, end to end on a small noisy feature run; then a rerun that trains nothing."""
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fake_features import small_config
+from noisy_run import write_noisy_run
+
+from ecmf_ray.finalize.job import run_finalize
+
+SMALL_FINALIZE = [
+    "train.folds=2",
+    "train.max_epochs=10",
+    "finalize.relabel.branches=[audio,text]",
+    "finalize.ensemble=[{name: ecmf}, {name: seed1, overrides: [seed=1]}]",
+    # The second row is the ecmf member's config: shared, not trained again.
+    "finalize.ablation=[{row: Baseline, labels: original}, {row: + relabel, labels: refined}]",
+    "finalize.pseudo.enabled=true",
+    "finalize.pseudo.threshold=0.5",
+]
+
+
+@pytest.fixture(scope="module")
+def finalized(ray_cluster, tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("finalize_run"))
+    truth = write_noisy_run(run_dir, noise=0.15, n_train=120, n_test=20, p_informative=0.8, separation=5.0)
+    truth.rename_axis("name").rename("true_label").reset_index().to_csv(f"{run_dir}/truth.csv", index=False)
+    cfg = small_config(run_dir, *SMALL_FINALIZE, f"finalize.truth={run_dir}/truth.csv")
+    return run_dir, cfg, run_finalize(cfg)
+
+
+def test_outputs(finalized):
+    run_dir, _, summary = finalized
+    final = f"{run_dir}/final"
+    relabel = pd.read_parquet(f"{final}/relabel.parquet")
+    assert list(relabel.columns) == ["video_id", "original", "refined", "votes", "changed"]
+    assert len(relabel) == 120
+    queue = pd.read_csv(f"{final}/review_queue.csv")
+    assert list(queue.columns) == ["video_id", "original", "votes", "refined"]
+    flows = pd.read_csv(f"{final}/relabel_flows.csv", index_col=0)
+    assert flows.to_numpy().sum() == 120
+
+    sub = pd.read_csv(f"{final}/submission.csv")
+    manifest = pd.read_parquet(f"{run_dir}/manifest.parquet")
+    assert list(sub.columns) == ["name", "discrete"]
+    assert sorted(sub["name"]) == sorted(manifest.loc[manifest["split"].eq("test"), "video_id"])
+    assert summary["test_videos"] == len(sub)
+    assert summary["ensemble_oof_waf"] >= summary["members_mean_oof_waf"]
+
+    report = Path(summary["report"]).read_text()
+    for png in ("confusion.png", "per_class_f1.png", "relabel_flows.png"):
+        assert png in report
+        with open(f"{final}/{png}", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| Baseline |" in report and "| + Ensemble learning |" in report and "noisy labels fixed" in report
+    assert "## Self-training with pseudo-labels" in report
+    # 2 weak classifiers + 2 members + the baseline row + 2 self-trained members; the "+ relabel" row
+    # is the ecmf member's run.
+    experiments = sorted(Path(run_dir, "train").glob("final-*"))
+    assert len(experiments) == 7
+    metrics = json.loads((experiments[0] / "metrics.json").read_text())
+    assert metrics["folds"] == 2
+
+
+def test_rerun_trains_nothing(finalized):
+    _, cfg, summary = finalized
+    start = time.perf_counter()
+    again = run_finalize(cfg)
+    assert again["ensemble_oof_waf"] == summary["ensemble_oof_waf"]
+    assert time.perf_counter() - start < 60
