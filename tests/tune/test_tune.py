@@ -16,6 +16,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from fake_features import write_fake_run  # noqa: E402
+from test_search_space import DEFAULT_SEARCHED  # noqa: E402
 
 from ecmf_ray.config import configs_dir, load_config  # noqa: E402
 from ecmf_ray.train.distributed import run_train  # noqa: E402
@@ -30,19 +31,7 @@ SPACE = [
     "tune.space.train.lr=[loguniform,1e-3,1e-2]",
     "tune.space.train.batch_size=[choice,32,64]",
 ]
-NOT_SEARCHED = [
-    f"tune.space.{key}=null"
-    for key in (
-        "model.hidden",
-        "model.dropout",
-        "model.attention_layers",
-        "model.heads",
-        "model.branches",
-        "train.lr",
-        "train.weight_decay",
-        "train.batch_size",
-    )
-]
+NOT_SEARCHED = [f"tune.space.{key}=null" for key in DEFAULT_SEARCHED]
 
 
 def config(run_dir: str, *overrides: str):
