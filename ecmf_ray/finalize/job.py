@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from ecmf_ray import storage
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
-from ecmf_ray.finalize.experiments import MANIFEST_LABELS, Labels, run_variant, with_overrides
+from ecmf_ray.finalize.experiments import run_variant, with_overrides
 from ecmf_ray.finalize.pseudo import self_train
 from ecmf_ray.finalize.relabel import check_tie_rule, flows, run_relabel
 from ecmf_ray.finalize.report import ReportInputs, write_report
@@ -69,11 +69,9 @@ def run_finalize(cfg: DictConfig) -> dict:
     member_variants, ablation_rows = plan_variants(cfg)
 
     relabel = run_relabel(cfg, out_dir) if fc.relabel.enabled else None
-    refined = (
-        Labels(train=relabel.set_index("video_id")["refined"]) if relabel is not None else MANIFEST_LABELS
-    )
-    # Without relabeling, "refined" rows and members learn the original labels.
-    labels = {"original": MANIFEST_LABELS, "refined": refined}
+    # Without relabeling, "refined" rows and members learn the original labels (None: the manifest's).
+    refined = relabel.set_index("video_id")["refined"] if relabel is not None else None
+    labels = {"original": None, "refined": refined}
 
     members = [(v, run_variant(cfg, v.name, v.overrides, labels[v.labels])) for v in member_variants]
     ensemble = vote([e for _, e in members])

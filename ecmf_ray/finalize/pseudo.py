@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ecmf_ray.finalize.ensemble import EnsembleResult, Variant, vote
-from ecmf_ray.finalize.experiments import Experiment, Labels, run_variant
+from ecmf_ray.finalize.experiments import Experiment, run_variant
 from ecmf_ray.finalize.report import markdown_table, pct, truth_waf
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
@@ -30,14 +30,13 @@ def self_train(
     cfg: DictConfig,
     members: Sequence[tuple[Variant, Experiment]],
     ensemble: EnsembleResult,
-    labels: dict[str, Labels],
+    labels: dict[str, pd.Series | None],
     truth: pd.Series | None,
 ) -> tuple[EnsembleResult, list[tuple[Variant, Experiment]], list[str]]:
     """Retrain every member with the ensemble's confident pseudo-labels; the new vote, members, report lines."""
     pseudo = select_pseudo_labels(ensemble.test, float(cfg.finalize.pseudo.threshold))
     retrained = [
-        (v, run_variant(cfg, v.name, v.overrides, Labels(train=labels[v.labels].train, pseudo=pseudo)))
-        for v, _ in members
+        (v, run_variant(cfg, v.name, v.overrides, pd.concat([labels[v.labels], pseudo]))) for v, _ in members
     ]
     after = vote([e for _, e in retrained])
     rows = [

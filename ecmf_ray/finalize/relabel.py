@@ -28,10 +28,10 @@ from omegaconf import DictConfig
 from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich import enrichment_path, llm_labels
-from ecmf_ray.finalize.experiments import MANIFEST_LABELS, run_variant
+from ecmf_ray.finalize.experiments import run_variant
 from ecmf_ray.finalize.vote import MISSING, all_disagree, ensemble_vote, relabel_vote, vote_counts
 from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
-from ecmf_ray.train.data import labels_of
+from ecmf_ray.train.data import labels_of, read_label_table
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -98,12 +98,11 @@ def refine(
     )
 
 
-def apply_review(table: pd.DataFrame, reviewed: pd.DataFrame) -> pd.DataFrame:
-    """A person's decisions (``video_id, label``) replace the vote's refined labels."""
-    unknown = sorted(set(reviewed["label"]) - set(EMOTIONS))
-    if unknown:
-        raise ValueError(f"reviewed labels {unknown} are not among {', '.join(EMOTIONS)}")
-    decided = reviewed.drop_duplicates("video_id", keep="last").set_index("video_id")["label"]
+def apply_review(table: pd.DataFrame, decided: pd.Series, source: str) -> pd.DataFrame:
+    """A person's decisions (video_id -> class) replace the vote's refined labels."""
+    unknown = decided.index.difference(table["video_id"])
+    if len(unknown):
+        raise ValueError(f"{source}: '{unknown[0]}' is not a labelled training video")
     refined = table["video_id"].map(decided).fillna(table["refined"])
     return table.assign(refined=refined, changed=refined != table["original"])
 
@@ -123,7 +122,7 @@ def collect_votes(cfg: DictConfig, original: pd.Series) -> tuple[pd.DataFrame, d
     probabilities: dict[str, np.ndarray] = {}
     for branch in rc.branches:
         overrides = ["model.name=unimodal", f"model.branches=[{branch}]", *rc.overrides]
-        oof = run_variant(cfg, f"weak {branch}", overrides, MANIFEST_LABELS).oof.set_index("video_id")
+        oof = run_variant(cfg, f"weak {branch}", overrides, None).oof.set_index("video_id")
         oof = oof.reindex(original.index)
         votes[branch] = oof["predicted"]
         probabilities[branch] = oof[PROB_COLUMNS].fillna(0.0).to_numpy()
@@ -143,8 +142,7 @@ def run_relabel(cfg: DictConfig, out_dir: str) -> pd.DataFrame:
     votes, probabilities = collect_votes(cfg, original)
     table = refine(original, votes, tie=str(rc.tie), min_votes=int(rc.min_votes), probabilities=probabilities)
     if rc.reviewed:
-        reviewed = pd.read_csv(storage.open_file(str(rc.reviewed), "rb"), dtype=str)
-        table = apply_review(table, reviewed)
+        table = apply_review(table, read_label_table(str(rc.reviewed)), str(rc.reviewed))
     storage.write_table(table.drop(columns="review"), storage.join(out_dir, "relabel.parquet"))
     queue = table.loc[table["review"], ["video_id", "original", "votes", "refined"]]
     storage.write_csv(queue, storage.join(out_dir, "review_queue.csv"))

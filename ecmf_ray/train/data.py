@@ -5,10 +5,15 @@ error: the row gets zeros and ``present[row, branch] = False``. Standardisation 
 present rows only, encoders see the training mean (zero) instead, and the fusion models drop the
 branch (ECMF: key padding mask; baseline attention: zero weight). Duplicate ids in a branch keep
 their first row.
+
+``train.labels`` names a label table (video_id, label) that replaces the manifest's labels: a
+labelled training video takes its new class (folds are drawn on the new labels), a test or
+unlabelled video joins every fold's training rows with its (pseudo-)label and is never validated on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +23,7 @@ import pandas as pd
 from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.features import branch_dir, load_branch
-from ecmf_ray.labels import EMOTION_INDEX
+from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS
 from ecmf_ray.train.folds import assign_folds
 
 logger = logging.getLogger(__name__)
@@ -76,8 +81,73 @@ def labels_of(manifest: pd.DataFrame) -> np.ndarray:
     return np.where(labelled, manifest["label"].map(EMOTION_INDEX).fillna(-1), -1).astype(np.int64)
 
 
-def load_feature_set(run_dir: str, branches: list[str], n_folds: int, seed: int) -> FeatureSet:
-    """Read ``run_dir``'s manifest and features for ``branches`` and assign stratified folds."""
+def read_label_table(uri: str) -> pd.Series:
+    """video_id -> emotion from a CSV or Parquet file (``.parquet``) with columns ``video_id, label``.
+
+    A row with an empty label is skipped (no decision). Bad files are errors naming the file and row
+    (data rows, counted from 1).
+    """
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"{uri}: no such label file")
+    if uri.endswith(".parquet"):
+        df = storage.read_table(uri).to_pandas()
+    else:
+        with storage.open_file(uri, "rb") as f:
+            df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    missing = [c for c in ("video_id", "label") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{uri}: missing column(s) {', '.join(missing)}; a label table has video_id, label")
+    ids = df["video_id"].astype(str).str.strip()
+    labels = df["label"].fillna("").astype(str).str.strip()
+    unknown = np.flatnonzero(~labels.isin(EMOTIONS) & labels.ne(""))
+    if len(unknown):
+        row = unknown[0]
+        raise ValueError(
+            f"{uri}: row {row + 1} ({ids.iloc[row]}): '{labels.iloc[row]}' is not one of {', '.join(EMOTIONS)}"
+        )
+    decided = pd.DataFrame({"video_id": ids, "label": labels})[labels.ne("")].drop_duplicates()
+    repeated = np.flatnonzero(decided["video_id"].duplicated())
+    if len(repeated):
+        row = repeated[0]
+        video = decided["video_id"].iloc[row]
+        raise ValueError(f"{uri}: row {decided.index[row] + 1}: '{video}' appears again with another label")
+    return pd.Series(decided["label"].to_numpy(), index=decided["video_id"].to_numpy(), name="label")
+
+
+def label_table_digest(table: pd.Series) -> str:
+    """A short hash of a label table's content (experiments record it, not the file's path)."""
+    return hashlib.sha1(table.sort_index().to_json().encode()).hexdigest()[:16]
+
+
+def replace_labels(
+    video_ids: np.ndarray, split: np.ndarray, labels: np.ndarray, table: pd.Series, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` with ``table``'s classes, and the mask of rows that are training-only (pseudo-labelled).
+
+    A labelled training video takes its new class; a test or unlabelled video becomes a training-only row.
+    """
+    rows = pd.Index(video_ids).get_indexer(table.index)
+    if (rows < 0).any():
+        raise ValueError(f"{source}: video '{table.index[rows < 0][0]}' is not in the manifest")
+    pseudo_rows = rows[labels[rows] < 0]
+    unlabelled_train = pseudo_rows[~np.isin(split[pseudo_rows], PREDICT_SPLITS)]
+    if len(unlabelled_train):
+        video = video_ids[unlabelled_train[0]]
+        raise ValueError(f"{source}: video '{video}' is a training video without a usable manifest label")
+    out = labels.copy()
+    out[rows] = table.map(EMOTION_INDEX).to_numpy()
+    pseudo = np.zeros(len(labels), dtype=bool)
+    pseudo[pseudo_rows] = True
+    return out, pseudo
+
+
+def load_feature_set(
+    run_dir: str, branches: list[str], n_folds: int, seed: int, labels_uri: str | None = None
+) -> FeatureSet:
+    """Read ``run_dir``'s manifest and features for ``branches`` and assign stratified folds.
+
+    ``labels_uri``: a label table (``train.labels``) in place of the manifest's labels.
+    """
     manifest = read_manifest(manifest_path(run_dir))
     ids = pd.Index(manifest["video_id"].astype(str))
     features, presence = [], []
@@ -93,12 +163,20 @@ def load_feature_set(run_dir: str, branches: list[str], n_folds: int, seed: int)
             logger.warning("branch %s: %d of %d videos have no feature; masked", branch, missing, len(ids))
         features.append(matrix)
         presence.append(present)
+    video_ids = ids.to_numpy(dtype=object)
+    split = manifest["split"].astype(str).to_numpy(dtype=object)
     labels = labels_of(manifest)
+    training_only = np.zeros(len(labels), dtype=bool)
+    if labels_uri:
+        table = read_label_table(labels_uri)
+        labels, training_only = replace_labels(
+            video_ids, split, labels, table, f"train.labels ({labels_uri})"
+        )
     return FeatureSet(
-        video_ids=ids.to_numpy(dtype=object),
-        split=manifest["split"].astype(str).to_numpy(dtype=object),
+        video_ids=video_ids,
+        split=split,
         labels=labels,
-        folds=assign_folds(labels, n_folds, seed),
+        folds=assign_folds(np.where(training_only, -1, labels), n_folds, seed),
         branches=tuple(branches),
         features=tuple(features),
         present=np.stack(presence, axis=1),

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from ecmf_ray import storage
 from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
-from ecmf_ray.train.data import FeatureSet, load_feature_set
+from ecmf_ray.train.data import FeatureSet, label_table_digest, load_feature_set, read_label_table
 from ecmf_ray.train.loop import FoldRun, set_torch_threads
 from ecmf_ray.train.outputs import experiment_dir, fold_done, write_experiment, write_fold
 
@@ -57,8 +57,13 @@ SCHEDULING_KEYS = (
 
 
 def experiment_fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """What decides an experiment's results: seed, model section, train section minus scheduling."""
+    """What decides an experiment's results: seed, model section, train section minus scheduling.
+
+    ``train.labels`` is recorded by content, so a moved or rewritten label table is told apart.
+    """
     train = OmegaConf.to_container(cfg.train, resolve=True)
+    if train["labels"]:
+        train["labels"] = label_table_digest(read_label_table(str(train["labels"])))
     return {
         "seed": int(cfg.seed),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -231,7 +236,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("train.num_workers must be at least 1")
     exp_dir = experiment_dir(run_dir, str(cfg.train.experiment))
     claim_experiment(exp_dir, experiment_fingerprint(cfg))
-    data = load_feature_set(run_dir, branches, int(cfg.train.folds), int(cfg.seed))
+    data = load_feature_set(run_dir, branches, int(cfg.train.folds), int(cfg.seed), cfg.train.labels)
     todo = [fold for fold in range(data.n_folds) if not fold_done(exp_dir, fold)]
     if todo:
         logger.info("training fold(s) %s of %d into %s", todo, data.n_folds, exp_dir)

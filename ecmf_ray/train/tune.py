@@ -167,7 +167,7 @@ def _load_data(
     wanted = list(dict.fromkeys(b for branches in branch_sets for b in branches))
     audio_dirs = list(cfg.tune.audio_features)
     base = [b for b in wanted if not (b == AUDIO and audio_dirs)]
-    data = load_feature_set(run_dir, base, int(cfg.train.folds), int(cfg.seed))
+    data = load_feature_set(run_dir, base, int(cfg.train.folds), int(cfg.seed), cfg.train.labels)
     audio = {d: load_audio_features(data.video_ids, storage.resolve(d, run_dir)) for d in audio_dirs}
     return data, audio
 

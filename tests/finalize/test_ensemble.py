@@ -1,14 +1,13 @@
-"""Ensemble vote, submission, variant configs and relabelled training data (no Ray)."""
+"""Ensemble vote, submission, variant configs and experiment names (no Ray)."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from fake_features import small_config, write_fake_run
+from fake_features import small_config
 
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
-from ecmf_ray.finalize.experiments import Experiment, Labels, experiment_name, relabelled, with_overrides
+from ecmf_ray.finalize.experiments import Experiment, experiment_name, with_labels, with_overrides
 from ecmf_ray.labels import EMOTIONS
-from ecmf_ray.train.data import load_feature_set
 from ecmf_ray.train.metrics import cv_summary
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
@@ -82,37 +81,25 @@ def test_variant_lists():
         ensemble_variants([{"name": "a", "override": []}], "refined")
 
 
-def test_experiment_names_follow_config_and_labels(tmp_path):
+def test_experiment_names_follow_config_and_label_content(tmp_path):
     cfg = small_config(str(tmp_path))
-    refined = Labels(train=pd.Series(["happy"], index=["v"]))
-    name = experiment_name(cfg, refined)
-    assert name == experiment_name(with_overrides(cfg, ["train.experiment=other"], "t"), refined)
+    refined = with_labels(cfg, pd.Series(["happy"], index=["v"]))
+    name = experiment_name(refined)
+    table = pd.read_parquet(refined.train.labels)
+    assert table.to_dict("list") == {"video_id": ["v"], "label": ["happy"]}
+    assert experiment_name(with_overrides(refined, ["train.experiment=other"], "t")) == name
     # An ablation row that ends at the same config as an ensemble member shares its run.
-    back = with_overrides(cfg, ["model.name=mer_attention", f"model.name={cfg.model.name}"], "t")
-    assert experiment_name(back, refined) == name
-    assert experiment_name(cfg, Labels()) != name
-    assert experiment_name(with_overrides(cfg, ["seed=1"], "t"), refined) != name
+    back = with_overrides(refined, ["model.name=mer_attention", f"model.name={cfg.model.name}"], "t")
+    assert experiment_name(back) == name
+    assert experiment_name(cfg) != name and with_labels(cfg, None) is cfg
+    assert experiment_name(with_labels(cfg, pd.Series(["sad"], index=["v"]))) != name
+    assert experiment_name(with_overrides(refined, ["seed=1"], "t")) != name
+    # The same labels in another file: the same experiment.
+    copy = tmp_path / "copy.csv"
+    table.to_csv(copy, index=False)
+    assert experiment_name(with_overrides(cfg, [f"train.labels={copy}"], "t")) == name
     with pytest.raises(ValueError, match="unknown config key"):
         with_overrides(cfg, ["model.no_such_key=1"], "variant 'x'")
-
-
-def test_relabelled_feature_set(tmp_path):
-    write_fake_run(str(tmp_path), n_train=60, n_test=10)
-    data = load_feature_set(str(tmp_path), ["audio"], 3, 0)
-    train_ids = data.video_ids[data.labels >= 0]
-    test_ids = data.video_ids[data.labels < 0]
-    labels = Labels(
-        train=pd.Series(["happy"] * len(train_ids), index=train_ids),
-        pseudo=pd.Series(["sad", "sad"], index=test_ids[:2]),
-    )
-    out = relabelled(data, labels, 3, 0)
-    happy, sad = EMOTIONS.index("happy"), EMOTIONS.index("sad")
-    assert (out.labels[data.labels >= 0] == happy).all()
-    rows = np.isin(out.video_ids, test_ids[:2])
-    assert (out.labels[rows] == sad).all() and (out.folds[rows] == -1).all()  # training rows only
-    assert (out.folds[data.labels >= 0] >= 0).all()
-    with pytest.raises(ValueError, match="pseudo-labels"):
-        relabelled(data, Labels(pseudo=pd.Series(["sad"], index=train_ids[:1])), 3, 0)
 
 
 def test_bad_variants_fail_before_anything_trains(tmp_path):

@@ -57,14 +57,14 @@ def test_review_decisions_and_flows():
         pd.Series(["neutral", "angry"], index=["a", "b"]),
         pd.DataFrame({"audio": ["happy", "happy"], "text": ["happy", "happy"]}, index=["a", "b"]),
     )
-    reviewed = apply_review(table, pd.DataFrame({"video_id": ["b"], "label": ["angry"]}))
+    reviewed = apply_review(table, pd.Series(["angry"], index=["b"]), "reviewed.csv")
     assert reviewed["refined"].tolist() == ["happy", "angry"]
     assert reviewed["changed"].tolist() == [True, False]
     counts = flows(reviewed)
     assert counts.loc["neutral", "happy"] == 1 and counts.loc["angry", "angry"] == 1
     assert counts.to_numpy().sum() == 2 and list(counts.columns) == list(EMOTIONS)
-    with pytest.raises(ValueError, match="reviewed labels"):
-        apply_review(table, pd.DataFrame({"video_id": ["a"], "label": ["bored"]}))
+    with pytest.raises(ValueError, match="reviewed.csv: 'z' is not a labelled training video"):
+        apply_review(table, pd.Series(["angry"], index=["z"]), "reviewed.csv")
 
 
 def oof_votes(run_dir: str, branch: str) -> pd.Series:

@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score
 from ecmf_ray.data.manifest import manifest_path
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
-from ecmf_ray.train.data import align_branch, load_feature_set
+from ecmf_ray.train.data import align_branch, load_feature_set, read_label_table, replace_labels
 from ecmf_ray.train.distributed import folds_that_fit
 from ecmf_ray.train.folds import assign_folds
 from ecmf_ray.train.loop import FoldRun, epoch_batches, set_torch_threads
@@ -84,6 +84,56 @@ def test_feature_set_from_the_store(fake_run, tmp_path):
     shutil.copy(manifest_path(fake_run), manifest_path(str(tmp_path)))  # a run not yet extracted
     with pytest.raises(FileNotFoundError, match="ecmf extract"):
         load_feature_set(str(tmp_path), ["audio"], 3, seed=0)
+
+
+def test_label_table_replaces_labels_and_adds_training_only_rows(fake_run, tmp_path):
+    data = load_feature_set(fake_run, ["audio"], 3, seed=0)
+    train_ids, test_ids = data.video_ids[data.labels >= 0], data.video_ids[data.labels < 0]
+    table = pd.DataFrame(
+        {"video_id": [*train_ids, *test_ids[:2]], "label": ["happy"] * len(train_ids) + ["sad", "sad"]}
+    )
+    table.to_parquet(tmp_path / "labels.parquet")
+    out = load_feature_set(fake_run, ["audio"], 3, seed=0, labels_uri=str(tmp_path / "labels.parquet"))
+    happy, sad = EMOTIONS.index("happy"), EMOTIONS.index("sad")
+    assert (out.labels[data.labels >= 0] == happy).all()
+    rows = np.isin(out.video_ids, test_ids[:2])
+    assert (out.labels[rows] == sad).all() and (out.folds[rows] == -1).all()  # training rows only
+    assert (out.folds[data.labels >= 0] >= 0).all() and (out.labels[data.labels < 0] >= 0).sum() == 2
+    # A CSV with some rows undecided (empty label) changes only the decided ones.
+    pd.DataFrame({"video_id": train_ids[:2], "label": ["angry", ""]}).to_csv(
+        tmp_path / "some.csv", index=False
+    )
+    out = load_feature_set(fake_run, ["audio"], 3, seed=0, labels_uri=str(tmp_path / "some.csv"))
+    assert (out.labels != data.labels).sum() <= 1 and out.labels[0] == EMOTIONS.index("angry")
+
+
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    [
+        ("video_id,emotion\nv1,happy\n", "missing column.*label"),
+        ("video_id,label\nv1,happy\nv2,bored\n", "row 2 \\(v2\\): 'bored' is not one of"),
+        ("video_id,label\nv1,happy\nv1,sad\n", "row 2: 'v1' appears again"),
+    ],
+)
+def test_bad_label_tables_name_file_and_row(tmp_path, rows, error):
+    path = tmp_path / "labels.csv"
+    path.write_text(rows)
+    with pytest.raises(ValueError, match=f"labels.csv: {error}"):
+        read_label_table(str(path))
+
+
+def test_label_table_must_name_known_videos(fake_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such label file"):
+        load_feature_set(fake_run, ["audio"], 3, seed=0, labels_uri=str(tmp_path / "none.csv"))
+    known = load_feature_set(fake_run, ["audio"], 3, seed=0).video_ids[0]
+    # A repeated row with the same label is no conflict; an unknown video is an error.
+    (tmp_path / "ghost.csv").write_text(f"video_id,label\n{known},happy\n{known},happy\nnot_a_video,sad\n")
+    with pytest.raises(ValueError, match="train.labels .*ghost.csv.*'not_a_video' is not in the manifest"):
+        load_feature_set(fake_run, ["audio"], 3, seed=0, labels_uri=str(tmp_path / "ghost.csv"))
+    table = pd.Series(["sad"], index=["u"])
+    split, labels = np.array(["train", "train"], dtype=object), np.array([0, -1])
+    with pytest.raises(ValueError, match="'u' is a training video without a usable manifest label"):
+        replace_labels(np.array(["t", "u"], dtype=object), split, labels, table, "labels.csv")
 
 
 def test_resumed_fold_matches_an_uninterrupted_one(fake_run, tmp_path):
