@@ -9,7 +9,9 @@ import pytest
 from fake_features import small_config
 from noisy_run import write_noisy_run
 
+from ecmf_ray.finalize.experiments import with_overrides
 from ecmf_ray.finalize.job import run_finalize
+from ecmf_ray.finalize.relabel import run_relabel
 
 SMALL_FINALIZE = [
     "train.folds=2",
@@ -71,3 +73,41 @@ def test_rerun_trains_nothing(finalized):
     again = run_finalize(cfg)
     assert again["ensemble_oof_waf"] == summary["ensemble_oof_waf"]
     assert time.perf_counter() - start < 60
+
+
+def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, tmp_path):
+    """finalize.relabel.reviewed and tie=probability, on the weak classifiers finalize trained (found, not retrained)."""
+    run_dir, cfg, _ = finalized
+    first = pd.read_parquet(f"{run_dir}/final/relabel.parquet").set_index("video_id")
+    changed = first.index[first["changed"]][0]  # a person rejects one change and relabels another video
+    kept = first.index[~first["changed"]][0]
+    other = "sad" if first.loc[kept, "original"] != "sad" else "happy"
+    pd.DataFrame({"video_id": [changed, kept], "label": [first.loc[changed, "original"], other]}).to_csv(
+        tmp_path / "reviewed.csv", index=False
+    )
+    reviewed = run_relabel(
+        with_overrides(cfg, [f"finalize.relabel.reviewed={tmp_path}/reviewed.csv"], "t"), str(tmp_path / "a")
+    ).set_index("video_id")
+    assert (
+        not reviewed.loc[changed, "changed"]
+        and reviewed.loc[changed, "refined"] == first.loc[changed, "original"]
+    )
+    assert reviewed.loc[kept, "refined"] == other and reviewed.loc[kept, "changed"]
+    others = first.index.difference([changed, kept])
+    assert reviewed.loc[others, "refined"].equals(first.loc[others, "refined"])
+
+    # Two sources: a split vote is a tie. keep leaves the label; probability takes one of the two votes.
+    by_rule = {
+        tie: run_relabel(
+            with_overrides(cfg, [f"finalize.relabel.tie={tie}", "finalize.relabel.min_votes=1"], "t"),
+            str(tmp_path / tie),
+        ).set_index("video_id")
+        for tie in ("keep", "probability")
+    }
+    votes = by_rule["keep"]["votes"].str.findall(r":(\w+)")
+    split = votes.map(lambda v: len(set(v)) == 2)
+    assert split.any()
+    assert (by_rule["keep"].loc[split, "refined"] == by_rule["keep"].loc[split, "original"]).all()
+    chosen = by_rule["probability"]["refined"]
+    assert all(chosen[v] in votes[v] for v in split.index[split])
+    assert chosen[~split].equals(by_rule["keep"].loc[~split, "refined"])

@@ -1,0 +1,48 @@
+"""`ecmf pipeline` with pipeline.tune=true on Ray: train, a small search, then finalize on the best trial."""
+
+import json
+from pathlib import Path
+
+import yaml
+from fake_features import small_config, write_fake_run
+
+from ecmf_ray import storage
+from ecmf_ray.extract.store import shards_dir
+from ecmf_ray.pipeline import run_pipeline
+
+
+def test_finalize_trains_the_tuned_config(ray_cluster, tmp_path):
+    run_dir = str(tmp_path)
+    manifest = write_fake_run(run_dir, n_train=60, n_test=8)
+    # Record extraction as complete, so the pipeline starts at train.
+    storage.write_table(manifest[["video_id"]], storage.join(shards_dir(run_dir), "all.parquet"))
+    cfg = small_config(
+        run_dir,
+        "extract.branches=[audio,text]",
+        "model.branches=[audio,text]",
+        "train.folds=2",
+        "train.max_epochs=4",
+        "pipeline.tune=true",
+        "tune.num_samples=2",
+        "tune.scheduler=fifo",
+        "tune.space.model.hidden=[choice,8,16]",
+        "tune.space.model.branches=null",
+        "tune.space.model.heads=[choice,1,2]",
+        "tune.space.train.batch_size=null",
+        "finalize.relabel.enabled=false",
+        "finalize.ensemble=[{name: ecmf}]",
+        "finalize.ablation=[]",
+    )
+    steps = run_pipeline(cfg)
+    assert [s for s, r in steps.items() if r == "complete"] == ["prepare", "extract"]
+    assert list(steps) == ["prepare", "extract", "train", "tune", "finalize"]
+
+    best = yaml.safe_load(Path(run_dir, "tune", "best.yaml").read_text())
+    assert best["model"]["hidden"] in (8, 16) and best["model"]["heads"] in (1, 2)
+    (member,) = Path(run_dir, "train").glob("final-*")
+    trained = json.loads((member / "experiment.json").read_text())
+    for section in ("model", "train"):
+        for key, value in best[section].items():
+            if key != "experiment":
+                assert trained[section][key] == value, f"{section}.{key}"
+    assert Path(run_dir, "final", "submission.csv").exists()
