@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from omegaconf import DictConfig
 
 from ecmf_ray.config import ConfigError, load_config, save_config, to_yaml
+from ecmf_ray.storage import use_endpoint
 
 # job -> (``module:function`` taking the resolved config, whether it needs a Ray session, help).
 JOBS: dict[str, tuple[str | None, bool, str]] = {
@@ -76,6 +77,7 @@ def run_job(job: str, cfg: DictConfig) -> dict:
     target, needs_ray, _ = JOBS[job]
     if target is None:
         raise UsageError(f"'ecmf {job}' is not yet available in this version")
+    use_endpoint(cfg.storage.endpoint_url)  # before the config is saved to run_dir
     print(f"--- resolved config ({job}) ---\n{to_yaml(cfg)}---")
     print(f"config saved to {save_config(cfg, job)}")
     if needs_ray:

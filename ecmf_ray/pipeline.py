@@ -111,6 +111,7 @@ def run_demo(cfg: DictConfig, *, n: int, unlabeled: int, label_noise: float) -> 
     from ecmf_ray.cli import run_job
     from ecmf_ray.data.synth import TRUTH_FILE, synthesize
 
+    storage.use_endpoint(cfg.storage.endpoint_url)
     data_root = storage.join(cfg.run_dir, "synth")
     truth = storage.join(data_root, TRUTH_FILE)
     if storage.exists(truth):

@@ -26,8 +26,9 @@ def init_ray(cfg: DictConfig) -> Any:
     """
     import ray
 
-    if cfg.storage.endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = str(cfg.storage.endpoint_url)
+    from ecmf_ray.storage import use_endpoint
+
+    use_endpoint(cfg.storage.endpoint_url)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if ray.is_initialized():
         return ray.get_runtime_context()

@@ -1,7 +1,8 @@
 """Paths that are local folders or s3:// URIs, behind one small API (fsspec + s3fs underneath).
 
-The S3 endpoint comes from ``$AWS_ENDPOINT_URL`` (set by :func:`ecmf_ray.runtime.init_ray` from
-``storage.endpoint_url``), so every process on every node resolves the same bucket.
+The S3 endpoint comes from ``$AWS_ENDPOINT_URL`` (set from ``storage.endpoint_url`` by
+:func:`use_endpoint` before a job touches storage, and passed to Ray workers by
+:func:`ecmf_ray.runtime.init_ray`), so every process on every node resolves the same bucket.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://")
+
+
+def use_endpoint(endpoint_url: str | None) -> None:
+    """Make ``endpoint_url`` (config ``storage.endpoint_url``; None: keep the environment's) the S3 endpoint."""
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = str(endpoint_url)
 
 
 def is_remote(uri: str) -> bool:
