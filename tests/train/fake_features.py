@@ -10,6 +10,10 @@ failed extraction would leave them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -102,3 +106,18 @@ def write_fake_run(
         storage.write_table(table, storage.join(branch_dir(run_dir, branch), "part-0.parquet"))
     storage.write_table(pd.DataFrame(errors), errors_path(run_dir))
     return manifest
+
+
+def start_driver(ray: Any, job: str, args: list[str], **popen: Any) -> subprocess.Popen:
+    """A separate driver process running ``job`` (``module:function`` taking the config) on the test
+    cluster, in its own process group so a test can kill it as a crash would."""
+    module, function = job.split(":")
+    driver = (
+        "import sys, ray\n"
+        "from ecmf_ray.config import load_config\n"
+        f"from {module} import {function}\n"
+        "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+        f"{function}(load_config(['local'], sys.argv[2:]))\n"
+    )
+    address = ray.get_runtime_context().gcs_address
+    return subprocess.Popen([sys.executable, "-c", driver, address, *args], start_new_session=True, **popen)

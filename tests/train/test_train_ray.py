@@ -3,15 +3,13 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from fake_features import SMALL, small_config
+from fake_features import SMALL, small_config, start_driver
 from omegaconf import OmegaConf
 
 from ecmf_ray.labels import EMOTIONS
@@ -116,16 +114,8 @@ def test_rerun_reuses_finished_folds_and_refuses_a_changed_config(parallel, fake
 def test_killed_run_resumes_from_checkpoints(parallel, fake_run, ray_cluster):
     overrides = [*RAY, "train.experiment=resumed", "train.max_concurrent_folds=2"]
     exp_dir = Path(small_config(fake_run, *overrides).run_dir, "train", "resumed")
-    driver = (
-        "import sys, ray\n"
-        "from ecmf_ray.config import load_config\n"
-        "from ecmf_ray.train.distributed import run_train\n"
-        "ray.init(address=sys.argv[1], log_to_driver=False)\n"
-        "run_train(load_config(['local'], sys.argv[2:]))\n"
-    )
     args = [f"run_dir={fake_run}", *SMALL, *overrides]
-    address = ray_cluster.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-c", driver, address, *args], start_new_session=True)
+    proc = start_driver(ray_cluster, "ecmf_ray.train.distributed:run_train", args)
     deadline = time.monotonic() + 240
     try:
         while not list(exp_dir.glob("ray/fold*/checkpoint_manager_snapshot.json")):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from fake_features import write_fake_run  # noqa: E402
+from fake_features import start_driver, write_fake_run  # noqa: E402
 from test_search_space import DEFAULT_SEARCHED  # noqa: E402
 
 from ecmf_ray.config import configs_dir, load_config  # noqa: E402
@@ -171,18 +171,11 @@ def test_killed_search_resumes_without_rerunning_finished_trials(ray_cluster, tm
     os.symlink(Path(fake_run, "features"), Path(run_dir, "features"))
     overrides = [*SPACE, "train.max_epochs=10", "tune.search=random", "tune.num_samples=4"]
     overrides += ["tune.scheduler=fifo", "tune.max_concurrent_trials=1"]
-    driver = (
-        "import sys, ray\n"
-        "from ecmf_ray.config import load_config\n"
-        "from ecmf_ray.train.tune import run_tune\n"
-        "ray.init(address=sys.argv[1], log_to_driver=False)\n"
-        "run_tune(load_config(['local'], sys.argv[2:]))\n"
-    )
     args = [f"run_dir={run_dir}", *FIXED, *overrides]
-    address = ray_cluster.get_runtime_context().gcs_address
-    proc = subprocess.Popen(
-        [sys.executable, "-c", driver, address, *args],
-        start_new_session=True,
+    proc = start_driver(
+        ray_cluster,
+        "ecmf_ray.train.tune:run_tune",
+        args,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
