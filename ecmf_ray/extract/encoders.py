@@ -186,6 +186,12 @@ def hubert_window_sums(
     return pooling.masked_sum(hidden, pooling.lengths_to_mask(frames, hidden.shape[1]))
 
 
+def layer_output_dim(model: Any, layers: list[int], combine: str) -> int:
+    """The feature size of ``layers`` combined; a layer the model does not have fails at start-up, not per clip."""
+    pooling.layer_indices(int(model.config.num_hidden_layers) + 1, layers)
+    return pooling.combined_dim(int(model.config.hidden_size), len(layers), combine)
+
+
 class HubertEncoder:
     """HuBERT hidden states of the configured layers, combined, mean-pooled over valid frames."""
 
@@ -201,9 +207,7 @@ class HubertEncoder:
         self.model, self.extractor = hub.load_hubert(
             cfg.models.hubert, cfg.storage.model_cache, str(h.dtype), self.device
         )
-        # Fail at start-up, not per clip, on a layer the model does not have.
-        pooling.layer_indices(int(self.model.config.num_hidden_layers) + 1, self.layers)
-        self.dim = pooling.combined_dim(int(self.model.config.hidden_size), len(self.layers), self.combine)
+        self.dim = layer_output_dim(self.model, self.layers, self.combine)
 
     def _forward(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         sums, counts = [], []
@@ -298,8 +302,7 @@ class RobertaEncoder:
         self.model, self.tokenizer = hub.load_roberta(
             cfg.models.roberta, cfg.storage.model_cache, str(r.dtype), self.device
         )
-        pooling.layer_indices(int(self.model.config.num_hidden_layers) + 1, self.layers)
-        self.dim = pooling.combined_dim(int(self.model.config.hidden_size), len(self.layers), self.combine)
+        self.dim = layer_output_dim(self.model, self.layers, self.combine)
 
     def _run(self, texts: list[str]) -> Callable[[Sequence[int]], dict]:
         def run(rows: Sequence[int]) -> dict[int, Any]:
