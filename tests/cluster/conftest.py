@@ -137,7 +137,6 @@ def start_head(temp_dir: Path, env: Mapping[str, str], num_cpus: int = 2) -> Ite
 class Head:
     address: str  # the dashboard / Jobs API URL, what RAY_ADDRESS holds for `ray job submit`
     client_env: dict[str, str]  # a client holding the cluster's token
-    laptop_home: Path
 
 
 @pytest.fixture(scope="session")
@@ -158,11 +157,11 @@ def aws_head(tmp_path_factory: pytest.TempPathFactory, laptop_home: Path, auth_t
     env = run_env_lines(aws_auth_lines("head"), clean_env(node_home, **S3_CREDENTIALS))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     with start_head(tmp_path_factory.mktemp("ray_head"), env) as address:
-        yield Head(address, client_env(laptop_home, auth_token), laptop_home)
+        yield Head(address, client_env(laptop_home, auth_token))
 
 
 def submit(
-    head: Head, *args: str, env: Mapping[str, str] | None = None, timeout: float = 900
+    head: Head, *args: str, env: Mapping[str, str] | None = None, timeout: float = 1800
 ) -> subprocess.CompletedProcess:
     """`ray job submit ARGS` from the repository root against ``head`` (RAY_ADDRESS set, as the README
     says), retrying while the head's job agent is still starting."""

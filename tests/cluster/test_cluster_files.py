@@ -205,6 +205,28 @@ def test_kuberay_access_admits_only_ray_pods_and_uses_an_s3_role():
     ]
 
 
+def kuberay_objects() -> list[tuple[str, dict]]:
+    """Every plain Kubernetes object of the KubeRay manifests: access.yaml's, and each pod template."""
+    objects = [(f"access.yaml:{doc['kind']}", doc) for doc in load_all("kuberay/access.yaml")]
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        manifest = load(f"kuberay/{name}")
+        spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
+        groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+        for group, group_spec in groups:
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": group}, **group_spec["template"]}
+            objects.append((f"{name}:{group}", pod))
+    return objects
+
+
+@pytest.mark.parametrize(("where", "obj"), kuberay_objects(), ids=[w for w, _ in kuberay_objects()])
+def test_kuberay_objects_match_the_kubernetes_schemas(where: str, obj: dict):
+    """Strict: a misspelt or misplaced field is an error (Kubernetes 1.33's OpenAPI schemas, shipped in
+    kubernetes-validate). The RayCluster/RayJob fields above the pod templates are checked above."""
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, "1.33", strict=True)
+
+
 def test_runtime_env_is_a_valid_ray_runtime_env():
     env = load("runtime_env.yaml")
     RuntimeEnv(**env)
