@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.job == "demo":
             from ecmf_ray.pipeline import run_demo
 
-            configs = args.config or ["local"]
-            cfg = load_config(configs, args.overrides)
+            # The demo runs on this machine: the local profile always, the user's files on top of it.
+            cfg = load_config(["local", *args.config], args.overrides)
             run_demo(cfg, n=args.n, unlabeled=args.unlabeled, label_noise=args.label_noise)
             return 0
         cfg = load_config(args.config, args.overrides)

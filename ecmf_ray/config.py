@@ -1,6 +1,8 @@
 """Configuration: the packaged base defaults, then --config files, then key=value overrides.
 
-Every key must exist in ``base.yaml``; anything else is a typo and fails loudly with its name.
+Every key must exist in ``base.yaml``; anything else is a typo and fails loudly with its name. A value
+a profile cannot know (``run_dir: ???`` in cluster.yaml) must be given by a later file or override, or
+loading fails naming every such key and the file that required it.
 """
 
 from __future__ import annotations
@@ -53,9 +55,22 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"unknown config key '{key}' in {source}") from None
 
 
+def _check_required(cfg: DictConfig, required_by: dict[str, str]) -> None:
+    """Raise naming every ``???`` value no later file or override supplied, and the file that left it."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        listed = ", ".join(f"'{key}' (required by {required_by.get(key, 'the config')})" for key in missing)
+        raise ConfigError(f"required config values not given: {listed}; pass them as key=value overrides")
+
+
 def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> DictConfig:
-    """Base defaults, then each file in order, then ``key=value`` overrides; unknown keys raise."""
-    cfg = OmegaConf.load(configs_dir() / "base.yaml")
+    """Base defaults, then each file in order, then ``key=value`` overrides.
+
+    Unknown keys raise, and so do required (``???``) values still missing at the end.
+    """
+    base = configs_dir() / "base.yaml"
+    cfg = OmegaConf.load(base)
+    required_by = dict.fromkeys(OmegaConf.missing_keys(cfg), str(base))
     OmegaConf.set_struct(cfg, True)
     for name in files:
         path = resolve_config_path(name)
@@ -66,10 +81,15 @@ def load_config(files: Sequence[str] = (), overrides: Sequence[str] = ()) -> Dic
         if layer is None:
             continue
         cfg = _merge(cfg, layer, str(path))
+        # merge() keeps the old value where the layer says ???; a profile's ??? must win.
+        for key in OmegaConf.missing_keys(layer):
+            OmegaConf.update(cfg, key, "???", merge=False)
+            required_by[key] = str(path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    _check_required(cfg, required_by)
     OmegaConf.set_readonly(cfg, False)
     return cfg
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -12,11 +14,46 @@ logger = logging.getLogger(__name__)
 
 # Variables every Ray worker must see the same way as the driver.
 _PROPAGATED_ENV = ("AWS_ENDPOINT_URL", "HF_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+# Where the job supervisor hands a submitted job's config (its runtime env included) to the driver
+# (ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR in Ray 2.60).
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def in_ray_job() -> bool:
     """True inside ``ray job submit`` or when the user points at a cluster with RAY_ADDRESS."""
     return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
+
+
+def job_env_vars(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The env vars the submitted job's runtime env sets (``--runtime-env``); empty outside a job."""
+    raw = environ.get(_JOB_CONFIG_ENV)
+    if not raw:
+        return {}
+    runtime_env = json.loads(raw).get("runtime_env") or {}
+    return dict(runtime_env.get("env_vars") or {})
+
+
+def worker_env_vars(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The driver's settings that workers must share, less those the job's runtime env already sets.
+
+    Ray refuses to merge a job's runtime env with a ``ray.init(runtime_env=...)`` that sets the same
+    variable, and the job's value reaches every worker anyway. A job value that contradicts the
+    driver's (``storage.endpoint_url`` against the job's ``AWS_ENDPOINT_URL``) would split the driver
+    from its workers, so it is an error.
+    """
+    from_job = job_env_vars(environ)
+    env_vars = {}
+    for key in _PROPAGATED_ENV:
+        if key not in environ:
+            continue
+        if key not in from_job:
+            env_vars[key] = environ[key]
+        elif from_job[key] != environ[key]:
+            raise ValueError(
+                f"the job's runtime env sets {key}={from_job[key]!r} but this driver uses "
+                f"{environ[key]!r} (from its config); set it in one place only"
+            )
+    return env_vars
 
 
 def init_ray(cfg: DictConfig) -> Any:
@@ -32,7 +69,7 @@ def init_ray(cfg: DictConfig) -> Any:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if ray.is_initialized():
         return ray.get_runtime_context()
-    env_vars = {k: os.environ[k] for k in _PROPAGATED_ENV if k in os.environ}
+    env_vars = worker_env_vars()
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if cfg.ray.address or in_ray_job():
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"

@@ -36,7 +36,48 @@ def test_later_files_and_overrides_win(tmp_path: Path):
 
 def test_packaged_profiles_resolve_by_name():
     assert load_config(["local"]).models.clip == "tiny:clip"
-    assert load_config(["configs/cluster.yaml"]).run_dir.startswith("s3://")
+    cfg = load_config(["configs/cluster.yaml"], ["run_dir=s3://b/run", "dataset.root=s3://b/mer"])
+    assert (cfg.run_dir, cfg.extract.clip.num_gpus) == ("s3://b/run", 1)
+
+
+def test_cluster_profile_names_every_value_the_user_must_give():
+    with pytest.raises(ConfigError) as err:
+        load_config(["cluster"])
+    message = str(err.value)
+    assert "'dataset.root'" in message and "'run_dir'" in message and "cluster.yaml" in message
+    with pytest.raises(ConfigError, match=r"'dataset\.root' \(required by .*cluster\.yaml\)") as err:
+        load_config(["cluster"], ["run_dir=s3://b/run"])
+    assert "run_dir" not in str(err.value)
+
+
+def test_a_later_file_supplies_or_requires_a_value(tmp_path: Path):
+    values = tmp_path / "mine.yaml"
+    values.write_text("run_dir: s3://b/run\ndataset:\n  root: s3://b/mer\n")
+    assert load_config(["cluster", str(values)]).dataset.root == "s3://b/mer"
+    # A file's ??? wins over an earlier value, and the error names that file.
+    required = tmp_path / "required.yaml"
+    required.write_text("seed: ???\n")
+    with pytest.raises(ConfigError, match=r"'seed' \(required by .*required\.yaml\)"):
+        load_config([str(values), str(required)])
+
+
+def test_cli_refuses_a_missing_value_before_the_job_runs(tmp_path: Path, capsys):
+    assert main(["prepare", "--config", "cluster", f"run_dir={tmp_path}"]) == 2
+    assert "'dataset.root'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # not even the resolved config was written
+
+
+def test_demo_config_adds_to_the_local_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import ecmf_ray.pipeline
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  folds: 4\n")
+    seen = {}
+    monkeypatch.setattr(ecmf_ray.pipeline, "run_demo", lambda cfg, **kwargs: seen.update(cfg=cfg))
+    assert main(["demo", "--config", str(extra), "seed=3"]) == 0
+    cfg = seen["cfg"]
+    assert cfg.models.clip == "tiny:clip" and cfg.ray.num_cpus == 2  # local.yaml still applies
+    assert (cfg.train.folds, cfg.seed) == (4, 3)  # the user's file and override on top of it
 
 
 def test_unknown_override_key_is_named():

@@ -1,29 +1,19 @@
-"""`ray job submit --working-dir .` to a real local cluster started by the test: the demo pipeline on
-local disk, and the pipeline with its dataset and run_dir on S3 (moto's server on 127.0.0.1)."""
+"""The cluster README's `ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python jobs/…`
+against a head started the way cluster/aws.yaml starts one, token auth on: the demo pipeline on local
+disk, and the pipeline with its dataset and run_dir on S3 (moto's server on 127.0.0.1)."""
 
 from __future__ import annotations
 
-import json
-import os
+import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).with_name("ray"))
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from tests.cluster.conftest import REPO, Head, client_env, submit
+
+# The submit options of cluster/README.md, step 3: the shipped runtime env, nothing of the test's own.
+README_SUBMIT = ("--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--")
 # The smallest finalize: no relabeling, one ensemble member, no ablation rows.
 SMALL_FINALIZE = (
     "finalize.relabel.enabled=false",
@@ -32,68 +22,33 @@ SMALL_FINALIZE = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_readme_submit_command_is_the_one_tested():
+    text = (REPO / "cluster" / "README.md").read_text()
+    assert re.search(
+        r"ray job submit " + re.escape(" ".join(README_SUBMIT)) + r" \\\n\s+python jobs/pipeline\.py", text
+    )
 
 
-@pytest.fixture(scope="module")
-def ray_head(
-    tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str
-) -> Iterator[tuple[str, dict[str, str]]]:
-    """A head started with `ray start --head --num-cpus 2`, on its own ports and temp dir.
-
-    Its own --temp-dir keeps it out of /tmp/ray, so other tests' `ray.init` never attach to it, and it
-    is stopped by killing its process group: `ray stop` would kill every Ray process on the machine.
-    Its processes hold S3 credentials the way cluster nodes get them from an instance role; the endpoint
-    comes from each job's config.
-    """
-    temp_dir = tmp_path_factory.mktemp("ray_head")
-    dashboard = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", **S3_CREDENTIALS}  # `ray start --head` turns token auth on
-    env.pop("RAY_ADDRESS", None)
-    env.pop("AWS_ENDPOINT_URL", None)
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats",
-         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--dashboard-agent-listen-port", str(free_port()), "--include-dashboard=true",
-         "--temp-dir", str(temp_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    yield f"http://127.0.0.1:{dashboard}", env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], check=False)
+def test_head_refuses_a_client_without_the_token(aws_head: Head, tmp_path: Path):
+    """A client with no token, or with another token, is refused; the same command with it is served."""
+    listing = ("--", "python", "-c", "print('served')")
+    no_token = submit(aws_head, *listing, env=client_env(tmp_path, None), timeout=120)
+    assert no_token.returncode != 0 and "served" not in no_token.stdout
+    assert "auth" in (no_token.stdout + no_token.stderr).lower()
+    wrong = tmp_path / "other_token"
+    wrong.write_text("0" * 32)
+    other = submit(aws_head, *listing, env=client_env(tmp_path, wrong), timeout=120)
+    assert other.returncode != 0 and "served" not in other.stdout
+    ok = submit(aws_head, *listing, timeout=300)
+    assert ok.returncode == 0 and "served" in ok.stdout, ok.stdout + ok.stderr
 
 
-def submit(
-    address: str, env: dict[str, str], *entrypoint: str, timeout: float
-) -> subprocess.CompletedProcess:
-    """Submit and follow a job, retrying while the head's job agent is still starting."""
-    runtime_env = json.dumps({"excludes": [".git", "runs", "**/__pycache__", ".ruff_cache", ".pytest_cache"]})
-    command = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO),
-               "--runtime-env-json", runtime_env, "--", *entrypoint]  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while True:
-        result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        starting = "No available agent" in result.stderr or "Connection refused" in result.stderr
-        if result.returncode == 0 or not starting or time.monotonic() > deadline:
-            return result
-        time.sleep(2)
-
-
-def test_demo_pipeline_as_a_ray_job(ray_head: tuple[str, dict[str, str]], tmp_path: Path):
-    address, env = ray_head
+def test_demo_pipeline_as_a_ray_job(aws_head: Head, tmp_path: Path):
     run_dir = tmp_path / "job_run"
     result = submit(
-        address, env,
+        aws_head, *README_SUBMIT,
         "python", "jobs/demo.py", "--n", "24", "--unlabeled", "6",
         f"run_dir={run_dir}", "train.folds=2", "train.max_epochs=4", *SMALL_FINALIZE,
-        timeout=900,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -110,8 +65,13 @@ def test_demo_pipeline_as_a_ray_job(ray_head: tuple[str, dict[str, str]], tmp_pa
     shutil.rmtree(run_dir)
 
 
-def test_pipeline_on_s3_as_a_ray_job(ray_head: tuple[str, dict[str, str]], s3_env: str, tmp_path: Path):
-    """Dataset, run_dir, features, checkpoints (train and tune) and final outputs all in a moto bucket."""
+def test_pipeline_on_s3_as_a_ray_job(aws_head: Head, s3_env: str, tmp_path: Path):
+    """Dataset, run_dir, features, checkpoints (train and tune) and final outputs all in a moto bucket.
+
+    The job's runtime env (cluster/runtime_env.yaml) sets TOKENIZERS_PARALLELISM and HF_HOME while the
+    driver sends AWS_ENDPOINT_URL (from storage.endpoint_url) to its workers: Ray merges both only if
+    the driver leaves the job's variables alone.
+    """
     import s3fs
 
     from ecmf_ray import storage
@@ -124,15 +84,13 @@ def test_pipeline_on_s3_as_a_ray_job(ray_head: tuple[str, dict[str, str]], s3_en
         if path.is_file():
             storage.write_bytes(f"s3://ecmf-e2e/mer/{path.relative_to(tmp_path / 'mer')}", path.read_bytes())
     run_dir = "s3://ecmf-e2e/run"
-    address, env = ray_head
     result = submit(
-        address, env,
+        aws_head, *README_SUBMIT,
         "python", "jobs/pipeline.py", "--config", "local",
-        f"storage.endpoint_url={s3_env}", f"run_dir={run_dir}", "dataset.format=mer2025",
-        "dataset.root=s3://ecmf-e2e/mer", "train.folds=2", "train.max_epochs=4", "train.checkpoint_every=2",
+        f"run_dir={run_dir}", "dataset.root=s3://ecmf-e2e/mer", f"storage.endpoint_url={s3_env}",
+        "dataset.format=mer2025", "train.folds=2", "train.max_epochs=4", "train.checkpoint_every=2",
         "pipeline.tune=true", "tune.num_samples=2", "tune.scheduler=fifo", "tune.checkpoint_every=2",
         *SMALL_FINALIZE,
-        timeout=900,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -149,3 +107,15 @@ def test_pipeline_on_s3_as_a_ray_job(ray_head: tuple[str, dict[str, str]], s3_en
     submission = pd.read_csv(fs.open("ecmf-e2e/run/final/submission.csv"))
     test_names = manifest.loc[manifest["split"].eq("test"), "video_id"]
     assert sorted(submission["name"]) == sorted(test_names) and len(submission) > 0
+
+
+def test_cluster_profile_names_what_the_user_must_give(aws_head: Head):
+    """The README's command with the cluster profile but no dataset.root: refused before any work."""
+    result = submit(
+        aws_head, *README_SUBMIT,
+        "python", "jobs/pipeline.py", "--config", "configs/cluster.yaml", "run_dir=s3://ecmf-e2e/never",
+        timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'dataset.root'" in output and "cluster.yaml" in output and "'run_dir'" not in output
