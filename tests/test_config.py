@@ -14,7 +14,7 @@ def test_base_holds_the_paper_defaults():
         2,
         2,
     )
-    assert (cfg.train.lr, cfg.train.grad_clip, cfg.train.max_epochs, cfg.train.folds) == (5e-5, 1.0, 200, 5)
+    assert (cfg.train.lr, cfg.train.grad_clip, cfg.train.max_epochs, cfg.train.folds) == (5e-5, 1.0, 200, 6)
     assert list(cfg.extract.hubert.layers) == [16, 17, 18, 19, 20, 21]
     assert cfg.models.clip == "openai/clip-vit-large-patch14"
     assert cfg.models.hubert == "TencentGameMate/chinese-hubert-large"

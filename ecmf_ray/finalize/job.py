@@ -21,6 +21,7 @@ from ecmf_ray.finalize.experiments import run_variant, with_overrides
 from ecmf_ray.finalize.pseudo import self_train
 from ecmf_ray.finalize.relabel import check_tie_rule, flows, run_relabel
 from ecmf_ray.finalize.report import ReportInputs, write_report
+from ecmf_ray.finalize.scores import reference_labels
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def run_finalize(cfg: DictConfig) -> dict:
             relabel=relabel,
             flows=flows(relabel) if relabel is not None else None,
             truth=truth,
+            reference=reference_labels(run_dir, int(cfg.train.folds), int(cfg.seed)),
             sections=sections,
         ),
     )

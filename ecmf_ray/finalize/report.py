@@ -18,13 +18,19 @@ import pandas as pd
 from ecmf_ray import storage
 from ecmf_ray.finalize.ensemble import EnsembleResult, Variant
 from ecmf_ray.finalize.experiments import Experiment
+from ecmf_ray.finalize.scores import RowScores, row_scores, selection, truth_waf
 from ecmf_ray.labels import EMOTIONS
-from ecmf_ray.train.metrics import waf
+
+__all__ = ["ReportInputs", "markdown_table", "pct", "truth_waf", "write_report"]
 
 
 @dataclass
 class ReportInputs:
-    """What finalize produced, for the report. ``truth``: video_id -> true class, when known (synthetic data)."""
+    """What finalize produced, for the report. ``truth``: video_id -> true class, when known (synthetic data).
+
+    ``reference``: ``video_id, label, fold``, the manifest's labels on the run's shared folds
+    (:func:`ecmf_ray.finalize.scores.reference_labels`); every row is scored against them too.
+    """
 
     run_dir: str
     members: list[tuple[Variant, Experiment]]
@@ -34,6 +40,7 @@ class ReportInputs:
     relabel: pd.DataFrame | None = None
     flows: pd.DataFrame | None = None
     truth: pd.Series | None = None
+    reference: pd.DataFrame | None = None
     sections: list[str] = field(default_factory=list)  # extra markdown (the self-training round)
 
 
@@ -47,14 +54,104 @@ def pct(value: float | None) -> str:
     return "-" if value is None or np.isnan(value) else f"{100 * value:.2f}%"
 
 
-def truth_waf(predictions: pd.DataFrame, truth: pd.Series | None, column: str = "predicted") -> float | None:
-    """WAF of ``predictions`` (video_id, ``column``) on the videos with a known true label."""
-    if truth is None:
-        return None
-    merged = predictions.merge(truth.rename("truth"), left_on="video_id", right_index=True)
-    if merged.empty:
-        return None
-    return waf(merged["truth"].to_numpy(), merged[column].to_numpy())
+ORIGINAL = "WAF / val, original labels"
+POOLED = "pooled, original labels"
+AGREEMENT = "agreement with the vote"
+FOLD_SELECTED = "WAF / val, epoch picked on the fold"
+TRUTH_OOF = "OOF WAF, true labels"
+TEST = "WAF / test"
+
+
+def score_legend(inputs: ReportInputs) -> list[str]:
+    """What each score column is scored against, and how each fold's epoch was picked."""
+    modes = {selection(e.metrics)[0] for _, e in [*inputs.members, *inputs.ablation]}
+    lines = [
+        "Scores are weighted F1 (WAF), each against the label set its column names:",
+        "",
+        f"- *{ORIGINAL}*: out-of-fold predictions against the manifest's (original) labels, per fold of the "
+        "run's shared folds (drawn on the original labels; every experiment holds out the same videos), then "
+        f"the mean over folds; *{POOLED}*: over all out-of-fold predictions at once. The one score that "
+        "compares every row with every other.",
+        f"- *{AGREEMENT}*: the cv_waf against the refined labels the row learnt, i.e. how often it agrees with "
+        "the relabel vote; it is not accuracy. Rows that learnt the original labels have none.",
+    ]
+    if inputs.truth is not None:
+        lines += [
+            f"- *{TRUTH_OOF}*: out-of-fold predictions against the known true labels (`finalize.truth`); "
+            f"*{TEST}*: test predictions against them.",
+        ]
+    if "fold" in modes:
+        lines += [
+            "- Each fold's best epoch is picked on the same held-out fold that is then scored (as the MER2025 "
+            "baselines and the paper do; `train.select_epoch: fold`), so the WAF / val figures are optimistic. "
+            "`train.select_epoch=inner` picks it on an inner split of the training fold instead.",
+        ]
+    if "inner" in modes:
+        lines += [
+            "- Rows trained with `train.select_epoch=inner` pick each fold's epoch on an inner split of the "
+            f"training fold, so their held-out scores are unbiased; *{FOLD_SELECTED}* gives, for them, the "
+            "cv_waf against the learnt labels had the epoch been picked on the held-out fold itself.",
+        ]
+    return [*lines, ""]
+
+
+def experiment_scores(experiment: Experiment, labels: str, inputs: ReportInputs) -> RowScores:
+    return row_scores(
+        experiment.oof,
+        experiment.test,
+        experiment.cv_waf,
+        labels,
+        inputs.reference,
+        inputs.truth,
+        selection(experiment.metrics),
+    )
+
+
+def _common_selection(rows: Sequence[RowScores]) -> tuple[str, None]:
+    """The ensemble's epoch selection: its members' when they share one."""
+    modes = {r.select_epoch for r in rows}
+    return (modes.pop() if len(modes) == 1 else "mixed", None)
+
+
+def score_columns(rows: Sequence[RowScores], with_truth: bool) -> list[str]:
+    """The score columns that have a value in some row, in a fixed order."""
+    columns = []
+    if any(r.original is not None for r in rows):
+        columns += [ORIGINAL, POOLED]
+    if any(r.agreement is not None for r in rows):
+        columns.append(AGREEMENT)
+    if any(r.fold_selected is not None for r in rows):
+        columns.append(FOLD_SELECTED)
+    if with_truth:
+        columns += [TRUTH_OOF, TEST]
+    return columns
+
+
+def ensemble_gain(ensemble: RowScores, members: Sequence[RowScores], metrics: dict[str, Any]) -> str:
+    """One sentence: the vote against its members, on the original labels and on the labels learnt."""
+    learnt = (
+        f"against the {ensemble.labels} labels they learnt, {pct(metrics['oof_waf'])} against "
+        f"{pct(metrics['members_mean_oof_waf'])}"
+    )
+    if ensemble.original is None or any(m.original is None for m in members):
+        return f"The ensemble's pooled OOF WAF, {learnt}."
+    mean = float(np.mean([m.original.pooled for m in members]))
+    return (
+        f"The ensemble's pooled OOF WAF against the original labels is {pct(ensemble.original.pooled)}, against "
+        f"a mean of {pct(mean)} over its members; {learnt}."
+    )
+
+
+def score_cells(row: RowScores, columns: Sequence[str]) -> list[str]:
+    values = {
+        ORIGINAL: row.original.cv if row.original else None,
+        POOLED: row.original.pooled if row.original else None,
+        AGREEMENT: row.agreement,
+        FOLD_SELECTED: row.fold_selected,
+        TRUTH_OOF: row.truth_oof,
+        TEST: row.test,
+    }
+    return [pct(values[c]) for c in columns]
 
 
 def relabel_scores(relabel: pd.DataFrame, truth: pd.Series) -> dict[str, Any]:
@@ -121,11 +218,7 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
         f"Run: `{inputs.run_dir}`. Submission: `submission.csv`, {inputs.submission_rows} test videos "
         f"(columns `name, discrete`).",
         "",
-        "Scores are weighted F1 (WAF). *cv_waf*: mean over folds of each fold's held-out WAF; *OOF WAF*: over all "
-        "out-of-fold predictions pooled; both against the labels the model learnt (the refined ones after "
-        "relabeling)."
-        + (" *Test WAF*: test predictions against the known true labels." if truth is not None else ""),
-        "",
+        *score_legend(inputs),
     ]
 
     if inputs.relabel is not None and inputs.flows is not None:
@@ -161,23 +254,30 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
         lines += [markdown_table(changes, ["from", "to", "labels"]) if changes else "No label changed.", ""]
         lines += ["![relabel flows](relabel_flows.png)", ""]
 
+    member_scores = [(v, e, experiment_scores(e, v.labels, inputs)) for v, e in inputs.members]
+    ensemble_scores = row_scores(
+        ens.oof, ens.test, ens.metrics["cv_waf"]["mean"], inputs.members[0][0].labels if inputs.members else "refined",
+        inputs.reference, truth, _common_selection([r for _, _, r in member_scores]),
+    )  # fmt: skip
+    columns = score_columns([r for _, _, r in member_scores] + [ensemble_scores], truth is not None)
     member_rows = [
         (v.name, " ".join(v.overrides) or "(base config)", v.labels, f"`{e.exp_dir.rsplit('/', 1)[-1]}`",
-         pct(e.cv_waf), pct(e.metrics["oof_waf"]), *([pct(truth_waf(e.test, truth))] if truth is not None else []))
-        for v, e in inputs.members
+         *score_cells(r, columns))
+        for v, e, r in member_scores
     ]  # fmt: skip
     member_rows.append(
-        ("**ensemble**", "majority vote, ties by mean probability", "", "", pct(ens.metrics["cv_waf"]["mean"]),
-         pct(ens.metrics["oof_waf"]), *([pct(truth_waf(ens.test, truth))] if truth is not None else []))
+        ("**ensemble**", "majority vote, ties by mean probability", ensemble_scores.labels, "",
+         *score_cells(ensemble_scores, columns))
     )  # fmt: skip
-    header = ["member", "overrides", "labels", "experiment", "cv_waf", "OOF WAF"]
     lines += [
         "## Ensemble (ECMF 3.4.2)",
         "",
-        markdown_table(member_rows, header + (["test WAF"] if truth is not None else [])),
+        markdown_table(member_rows, ["member", "overrides", "labels learnt", "experiment", *columns]),
         "",
-        f"The ensemble's OOF WAF is {pct(ens.metrics['oof_waf'])} against a mean of "
-        f"{pct(ens.metrics['members_mean_oof_waf'])} over its members.",
+        ensemble_gain(ensemble_scores, [r for _, _, r in member_scores], ens.metrics),
+        "",
+        "The plots below score the out-of-fold vote against the labels the members learnt "
+        f"({ensemble_scores.labels}).",
         "",
         "![confusion matrix](confusion.png) ![per-class F1](per_class_f1.png)",
         "",
@@ -186,7 +286,7 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
         np.array(ens.metrics["confusion_matrix"]["matrix"]),
         "Ensemble, out-of-fold",
         "predicted",
-        "label",
+        f"label learnt ({ensemble_scores.labels})",
         storage.join(out_dir, "confusion.png"),
     )
     f1 = {
@@ -196,19 +296,20 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
     _per_class_f1(f1, storage.join(out_dir, "per_class_f1.png"))
 
     if inputs.ablation:
-        rows = [
-            (v.name, pct(e.cv_waf), pct(truth_waf(e.test, truth)) if truth is not None else "-")
-            for v, e in inputs.ablation
-        ]
-        rows.append(
-            ("+ Ensemble learning", pct(ens.metrics["cv_waf"]["mean"]), pct(truth_waf(ens.test, truth)) if truth is not None else "-")
-        )  # fmt: skip
+        scored = [(v.name, experiment_scores(e, v.labels, inputs)) for v, e in inputs.ablation]
+        scored.append(("+ Ensemble learning", ensemble_scores))
+        columns = score_columns([r for _, r in scored], truth is not None)
+        if TEST not in columns:
+            columns.append(TEST)  # the paper's column, empty without finalize.truth
+        rows = [(name, r.labels, *score_cells(r, columns)) for name, r in scored]
         lines += [
             "## Ablation (the shape of the paper's Table 1)",
             "",
-            "Each row adds its change to every row above it (`finalize.ablation`). WAF / val is the row's cv_waf.",
+            "Each row adds its change to every row above it (`finalize.ablation`). Compare rows by "
+            f"*{ORIGINAL}*: the same labels and the same videos per fold for every row. *{AGREEMENT}* rises "
+            "with relabeling by construction (the vote became the labels) and is no measure of accuracy.",
             "",
-            markdown_table(rows, ["Methods", "WAF / val", "WAF / test"]),
+            markdown_table(rows, ["Methods", "labels learnt", *columns]),
             "",
         ]
     lines += inputs.sections

@@ -1,8 +1,15 @@
-"""ECMF's fusion: an encoder and a modality token per branch, self-attention over branch tokens.
+"""ECMF's fusion (paper 3.3): an encoder and a Modal-Token per branch, self-attention over the sequence.
+
+The sequence the attention layers see, for ``M`` branches: with ``modality_token="prepend"`` (the
+paper: "a learnable Modal-Token is prepended to the feature sequence") it is ``[t_1 .. t_M, h_1 .. h_M]``,
+``2M`` elements, where ``t_b`` is branch ``b``'s learnable token and ``h_b`` its encoded feature;
+with ``"add"`` it is ``[h_1 + t_1 .. h_M + t_M]`` (the token as a per-branch bias, like a positional
+encoding added in place); with ``"none"`` it is ``[h_1 .. h_M]``. The classifier reads the mean of
+the attention outputs over every element of a present branch (its feature and, with prepend, its token).
 
 Missing branches (no feature for a video) are left out of attention through the key padding mask
-and out of the pooled mean; a video with no branch at all is treated as having all of them (its
-inputs are zeros, i.e. the training-fold mean), so the output is always finite.
+and out of the pooled mean, token and feature alike; a video with no branch at all is treated as
+having all of them (its inputs are zeros, i.e. the training-fold mean), so the output is always finite.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from torch import nn
 from ecmf_ray.models.encoders import ResidualEncoder
 
 POOLINGS = ("attention", "mean")
+MODALITY_TOKENS = ("prepend", "add", "none")
 
 
 def fill_empty_rows(present: torch.Tensor) -> torch.Tensor:
@@ -31,10 +39,10 @@ def masked_mean(tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 class ECMFFusion(nn.Module):
     """Residual encoders, modality tokens, ``attention_layers`` Transformer layers, masked mean, classifier.
 
-    Switches: ``residual`` and ``norm`` (inside each encoder), ``modality_token`` (a learnable
-    vector added to each branch token, the paper's analogue of a positional encoding) and
-    ``pooling`` ("attention": self-attention then mean; "mean": branch tokens averaged, no
-    attention layers at all).
+    Switches: ``residual`` and ``norm`` (inside each encoder), ``modality_token`` (``prepend``: one
+    learnable token per branch as its own sequence element; ``add``: the token added to the branch's
+    vector; ``none``) and ``pooling`` ("attention": self-attention then mean; "mean": the sequence
+    averaged, no attention layers at all).
     """
 
     def __init__(
@@ -48,15 +56,22 @@ class ECMFFusion(nn.Module):
         attention_layers: int = 2,
         ffn_mult: int = 4,
         residual: bool = True,
-        modality_token: bool = True,
+        modality_token: str = "prepend",
         norm: bool = True,
         pooling: str = "attention",
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        if modality_token not in MODALITY_TOKENS:
+            raise ValueError(
+                f"model.modality_token must be one of {', '.join(MODALITY_TOKENS)}, not {modality_token!r}"
+            )
+        self.modality_token = modality_token
         self.encoders = nn.ModuleList(ResidualEncoder(d, hidden, dropout, residual, norm) for d in dims)
-        self.modality_tokens = nn.Parameter(torch.randn(len(dims), hidden) * 0.02) if modality_token else None
+        self.modality_tokens = (
+            nn.Parameter(torch.randn(len(dims), hidden) * 0.02) if modality_token != "none" else None
+        )
         self.attention = None
         if pooling == "attention" and attention_layers > 0:
             layer = nn.TransformerEncoderLayer(
@@ -67,9 +82,13 @@ class ECMFFusion(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         tokens = torch.stack([enc(x) for enc, x in zip(self.encoders, features, strict=True)], dim=1)
-        if self.modality_tokens is not None:
-            tokens = tokens + self.modality_tokens
         present = fill_empty_rows(present)
+        if self.modality_token == "add":
+            tokens = tokens + self.modality_tokens
+        elif self.modality_token == "prepend":
+            prefix = self.modality_tokens.unsqueeze(0).expand(len(tokens), -1, -1)
+            tokens = torch.cat([prefix, tokens], dim=1)
+            present = torch.cat([present, present], dim=1)  # a missing branch's token is masked too
         if self.attention is not None:
             tokens = self.attention(tokens, src_key_padding_mask=~present)
         return self.classifier(masked_mean(tokens, present))

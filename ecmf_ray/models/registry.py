@@ -28,7 +28,7 @@ def _ecmf(cfg: Mapping[str, Any], dims: Sequence[int], num_classes: int) -> nn.M
         attention_layers=int(cfg["attention_layers"]),
         ffn_mult=int(cfg["ffn_mult"]),
         residual=bool(cfg["residual"]),
-        modality_token=bool(cfg["modality_token"]),
+        modality_token=cfg["modality_token"],
         norm=bool(cfg["norm"]),
         pooling=str(cfg["pooling"]),
     )
@@ -67,6 +67,13 @@ def validate_model_config(cfg: Mapping[str, Any]) -> list[str]:
     unknown = [b for b in branches if b not in BRANCHES]
     if not branches or unknown or len(set(branches)) != len(branches):
         raise ValueError(f"model.branches must be distinct names from {', '.join(BRANCHES)}; got {branches}")
+    if isinstance(cfg["modality_token"], bool):
+        # Before prepending was the default, true meant "add"; say so rather than guess.
+        raise ValueError(
+            f"model.modality_token={str(cfg['modality_token']).lower()} is no longer accepted: use prepend "
+            "(the paper's token, a sequence element of its own), add (the former true: added to the branch "
+            "vector) or none (the former false)"
+        )
     if cfg["name"] == "ecmf" and int(cfg["hidden"]) % int(cfg["heads"]):
         raise ValueError(f"model.hidden ({cfg['hidden']}) must be divisible by model.heads ({cfg['heads']})")
     return branches

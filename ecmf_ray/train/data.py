@@ -7,8 +7,11 @@ branch (ECMF: key padding mask; baseline attention: zero weight). Duplicate ids 
 their first row.
 
 ``train.labels`` names a label table (video_id, label) that replaces the manifest's labels: a
-labelled training video takes its new class (folds are drawn on the new labels), a test or
-unlabelled video joins every fold's training rows with its (pseudo-)label and is never validated on.
+labelled training video takes its new class, a test or unlabelled video joins every fold's training
+rows with its (pseudo-)label and is never validated on. Folds are always drawn on the manifest's
+labels (``train.folds``, ``seed``), whatever ``train.labels`` says, so every experiment of a run
+(ablation rows, ensemble members, weak classifiers) holds out the same videos together and their
+out-of-fold predictions can be scored against the same labels on the same folds.
 """
 
 from __future__ import annotations
@@ -121,10 +124,11 @@ def label_table_digest(table: pd.Series) -> str:
 
 def replace_labels(
     video_ids: np.ndarray, split: np.ndarray, labels: np.ndarray, table: pd.Series, source: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``labels`` with ``table``'s classes, and the mask of rows that are training-only (pseudo-labelled).
+) -> np.ndarray:
+    """``labels`` with ``table``'s classes.
 
-    A labelled training video takes its new class; a test or unlabelled video becomes a training-only row.
+    A labelled training video takes its new class; a test or unlabelled video gets one too and becomes
+    a training-only row (it has no fold: folds come from the manifest's labels).
     """
     rows = pd.Index(video_ids).get_indexer(table.index)
     if (rows < 0).any():
@@ -136,9 +140,7 @@ def replace_labels(
         raise ValueError(f"{source}: video '{video}' is a training video without a usable manifest label")
     out = labels.copy()
     out[rows] = table.map(EMOTION_INDEX).to_numpy()
-    pseudo = np.zeros(len(labels), dtype=bool)
-    pseudo[pseudo_rows] = True
-    return out, pseudo
+    return out
 
 
 def load_feature_set(
@@ -165,18 +167,17 @@ def load_feature_set(
         presence.append(present)
     video_ids = ids.to_numpy(dtype=object)
     split = manifest["split"].astype(str).to_numpy(dtype=object)
-    labels = labels_of(manifest)
-    training_only = np.zeros(len(labels), dtype=bool)
+    original = labels_of(manifest)
+    labels = original
     if labels_uri:
         table = read_label_table(labels_uri)
-        labels, training_only = replace_labels(
-            video_ids, split, labels, table, f"train.labels ({labels_uri})"
-        )
+        labels = replace_labels(video_ids, split, original, table, f"train.labels ({labels_uri})")
     return FeatureSet(
         video_ids=video_ids,
         split=split,
         labels=labels,
-        folds=assign_folds(np.where(training_only, -1, labels), n_folds, seed),
+        # On the manifest's labels: pseudo-labelled rows (-1 there) are never held out.
+        folds=assign_folds(original, n_folds, seed),
         branches=tuple(branches),
         features=tuple(features),
         present=np.stack(presence, axis=1),

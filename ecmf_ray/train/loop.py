@@ -5,6 +5,13 @@ fold gives the same numbers whether it runs alone, beside other folds, or resume
 checkpoint. Callers drive the epochs: a Ray Train worker (:mod:`ecmf_ray.train.distributed`)
 checkpoints between steps; a Tune trial can build all K runs and call :func:`step_folds` to
 advance them in lockstep and report the mean held-out WAF per epoch.
+
+Best-epoch selection (``train.select_epoch``): ``fold`` picks the epoch with the best WAF on the
+held-out fold itself, as the MER2025 baselines and the paper do, so the fold's reported WAF is the
+maximum over epochs of the very score it reports (optimistic). ``inner`` holds out a seeded,
+stratified part of the training fold (1/(K-1) of it, the size of one outer fold), picks the epoch on
+it, and reports the held-out fold's WAF at that epoch (unbiased); the fold-selected maximum is kept
+beside it (``fold_selected_waf``), so both numbers exist for the same run.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.models import build_model
 from ecmf_ray.train.checkpoint import flatten_optimizer, prefixed, unflatten_optimizer
 from ecmf_ray.train.data import FeatureSet
+from ecmf_ray.train.folds import assign_folds
 from ecmf_ray.train.metrics import accuracy, waf
 from ecmf_ray.train.standardize import apply_standardizer, fit_standardizer, identity_standardizer
 
 _EVAL_BATCH = 4096
 FOLD_FORMAT = "ecmf_ray.fold/1"
+SELECT_EPOCH = ("fold", "inner")
 
 
 def seed_for(*parts: int) -> int:
@@ -43,6 +52,18 @@ def epoch_batches(n: int, batch_size: int, seed: int, rank: int = 0, world_size:
     if world_size > 1:
         order = np.resize(order, -(-n // world_size) * world_size)[rank::world_size]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def inner_selection_rows(data: FeatureSet, fold: int, seed: int) -> np.ndarray:
+    """Rows of fold ``fold``'s training part held out to select the epoch (``select_epoch: inner``).
+
+    A stratified 1/(K-1) of the training fold's manifest-labelled rows (at least half of it when K=2),
+    seeded by ``(seed, fold)``; training-only (pseudo-labelled) rows are never among them.
+    """
+    candidates = (data.folds >= 0) & (data.folds != fold)
+    labels = np.where(candidates, data.labels, -1)
+    inner = assign_folds(labels, max(2, data.n_folds - 1), seed_for(seed, fold, 2))
+    return np.flatnonzero(inner == 0)
 
 
 def set_torch_threads(num_threads: int) -> None:
@@ -74,8 +95,19 @@ class FoldRun:
         self.grad_clip = float(train_cfg["grad_clip"])
         self.patience = int(train_cfg["early_stopping_patience"] or self.max_epochs)
 
+        self.select_epoch = str(train_cfg["select_epoch"])
+        if self.select_epoch not in SELECT_EPOCH:
+            raise ValueError(
+                f"train.select_epoch must be one of {', '.join(SELECT_EPOCH)}, not {self.select_epoch!r}"
+            )
+
         self.train_rows = np.flatnonzero((data.labels >= 0) & (data.folds != fold))
         self.val_rows = np.flatnonzero(data.folds == fold)
+        # The rows whose WAF picks the best epoch: the held-out fold, or an inner split left out of training.
+        self.select_rows = self.val_rows
+        if self.select_epoch == "inner":
+            self.select_rows = inner_selection_rows(data, fold, self.seed)
+            self.train_rows = np.setdiff1d(self.train_rows, self.select_rows)
         # Copies: arrays fetched from Ray's object store are read-only.
         self.labels = torch.tensor(data.labels)
         self.present = torch.tensor(data.present)
@@ -97,7 +129,10 @@ class FoldRun:
             self.model.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg["weight_decay"])
         )
         self.epoch = 0
+        # best_waf / best_accuracy: the held-out fold's scores at the selected epoch; best_select: the
+        # selection WAF there; fold_selected_waf: the held-out fold's best WAF over all epochs.
         self.best_waf, self.best_accuracy, self.best_epoch = -1.0, 0.0, 0
+        self.best_select, self.fold_selected_waf = -1.0, -1.0
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.history: list[dict[str, float]] = []
         self.done = False
@@ -143,15 +178,21 @@ class FoldRun:
         ]
         return torch.cat(out).numpy() if out else np.zeros((0, len(EMOTIONS)), np.float32)
 
+    def _scores(self, rows: np.ndarray) -> tuple[float, float]:
+        y = self.labels[rows].numpy()
+        pred = self.predict(rows).argmax(axis=1)
+        return waf(y, pred), accuracy(y, pred)
+
     def step(self) -> dict[str, float]:
         """Train one epoch, score the held-out fold, keep the best epoch, decide on early stopping."""
         loss = self.train_epoch()
-        y = self.labels[self.val_rows].numpy()
-        pred = self.predict(self.val_rows).argmax(axis=1)
-        val_waf, val_acc = waf(y, pred), accuracy(y, pred)
+        val_waf, val_acc = self._scores(self.val_rows)
+        select_waf = self._scores(self.select_rows)[0] if self.select_epoch == "inner" else val_waf
         self.epoch += 1
-        if val_waf > self.best_waf:
-            self.best_waf, self.best_accuracy, self.best_epoch = val_waf, val_acc, self.epoch
+        self.fold_selected_waf = max(self.fold_selected_waf, val_waf)
+        if select_waf > self.best_select:
+            self.best_select, self.best_epoch = select_waf, self.epoch
+            self.best_waf, self.best_accuracy = val_waf, val_acc
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.done = self.epoch >= self.max_epochs or self.epoch - self.best_epoch >= self.patience
         record = {
@@ -160,11 +201,25 @@ class FoldRun:
             "train_loss": loss,
             "val_waf": val_waf,
             "val_accuracy": val_acc,
+            "select_waf": select_waf,
             "best_waf": self.best_waf,
             "best_epoch": self.best_epoch,
         }
         self.history.append(record)
         return record
+
+    def summary(self) -> dict[str, Any]:
+        """The fold's scores for result.json: the selected epoch's held-out WAF and how it was selected."""
+        return {
+            "fold": self.fold,
+            "waf": self.best_waf,
+            "accuracy": self.best_accuracy,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epoch,
+            "select_epoch": self.select_epoch,
+            "select_waf": self.best_select,
+            "fold_selected_waf": self.fold_selected_waf,
+        }
 
     def use_best(self) -> None:
         """Load the best epoch's weights (for the final predictions)."""
@@ -184,6 +239,9 @@ class FoldRun:
             "best_waf": self.best_waf,
             "best_accuracy": self.best_accuracy,
             "best_epoch": self.best_epoch,
+            "best_select": self.best_select,
+            "fold_selected_waf": self.fold_selected_waf,
+            "select_epoch": self.select_epoch,
             "done": self.done,
             "history": self.history,
             "param_groups": param_groups,
@@ -193,12 +251,18 @@ class FoldRun:
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         if meta["fold"] != self.fold:
             raise ValueError(f"checkpoint of fold {meta['fold']} given to fold {self.fold}")
+        if meta["select_epoch"] != self.select_epoch:
+            raise ValueError(
+                f"checkpoint of fold {self.fold} selected epochs by '{meta['select_epoch']}', "
+                f"this run by '{self.select_epoch}'"
+            )
         self.model.load_state_dict(prefixed(tensors, "model"))
         self.best_state = prefixed(tensors, "best")
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["param_groups"]))
         self.epoch, self.done, self.history = meta["epoch"], meta["done"], list(meta["history"])
         self.best_waf, self.best_accuracy = meta["best_waf"], meta["best_accuracy"]
-        self.best_epoch = meta["best_epoch"]
+        self.best_epoch, self.best_select = meta["best_epoch"], meta["best_select"]
+        self.fold_selected_waf = meta["fold_selected_waf"]
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The best model and this fold's standardiser, for ``checkpoints/fold<k>.safetensors``."""

@@ -61,11 +61,7 @@ def write_fold(exp_dir: str, run: FoldRun, data: FeatureSet, resumed_from_epoch:
     predictions.insert(1, "role", ["val"] * len(run.val_rows) + ["predict"] * (len(rows) - len(run.val_rows)))
     storage.write_table(predictions, storage.join(fold_dir(exp_dir, run.fold), "predictions.parquet"))
     result = {
-        "fold": run.fold,
-        "waf": run.best_waf,
-        "accuracy": run.best_accuracy,
-        "best_epoch": run.best_epoch,
-        "epochs": run.epoch,
+        **run.summary(),
         "n_train": len(run.train_rows),
         "n_val": len(run.val_rows),
         "resumed_from_epoch": resumed_from_epoch,

@@ -8,7 +8,14 @@ override (``tune.space.train.lr=[choice,1e-4,1e-3]``) and a null entry leaves th
 ``[choice, v1, v2, ...]``      one of the values; lists (e.g. branch sets) are allowed
 ``[uniform, low, high]``       a float drawn uniformly
 ``[loguniform, low, high]``    a float drawn log-uniformly (learning rates, weight decay)
+``[logfactor, low, high]``     the ``model:``/``train:`` value times a log-uniform factor in
+                               ``[low, high]``: a range that moves with the starting config
+                               (e.g. a learning rate that suits its ``train.max_epochs``)
 =============================  ==============================================================
+
+The search starts from the config it runs with: :func:`start_point` is that config as a point of
+the space, evaluated as the first trial, and :func:`build_param_space` stretches any range (or adds
+a choice) that would not hold it.
 
 With ``tune.search=grid`` every choice becomes a grid axis and continuous kinds are refused.
 Tune's param space is flat, keyed ``model.hidden``; list-valued choices travel as ``a+b+c``
@@ -20,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-KINDS = ("choice", "uniform", "loguniform")
+KINDS = ("choice", "uniform", "loguniform", "logfactor")
 SECTIONS = ("model", "train")
 AUDIO_KEY = "audio_features"
 
@@ -49,17 +56,43 @@ def searched_keys(space: Mapping[str, Mapping[str, Any]], base: Mapping[str, Map
                 raise ValueError(f"tune.space.{name}: a choice needs at least one value")
             if spec[0] != "choice" and len(spec) != 3:
                 raise ValueError(f"tune.space.{name}: {spec[0]} takes [{spec[0]}, low, high]")
+            if spec[0] == "logfactor":
+                value = base[section][key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise ValueError(f"tune.space.{name}: logfactor needs a positive {name}, not {value!r}")
+                spec = ["loguniform", float(spec[1]) * value, float(spec[2]) * value]
             out[name] = spec
     return out
 
 
+def start_point(
+    searched: Mapping[str, list], base: Mapping[str, Mapping[str, Any]], audio_features: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The starting config's values (``base``: its model:/train: sections) of every searched key.
+
+    Its audio features are the first of ``audio_features``, the folder a trial uses by default.
+    :func:`param_point` turns it into a point of the flat param space (``points_to_evaluate``).
+    """
+    point = {}
+    for name in searched:
+        section, _, key = name.partition(".")
+        point[name] = base[section][key]
+    if len(audio_features) > 1:
+        point[AUDIO_KEY] = audio_features[0]
+    return point
+
+
 def build_param_space(
-    searched: Mapping[str, list], search: str, audio_features: Sequence[str] = ()
+    searched: Mapping[str, list],
+    search: str,
+    audio_features: Sequence[str] = (),
+    start: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Labels]:
     """The flat Tune param space and the labels of list-valued choices.
 
     ``audio_features``: alternative audio feature folders (one per HuBERT layer combination),
-    searched as one more choice when there are several.
+    searched as one more choice when there are several. ``start``: a point (:func:`start_point`) the
+    space must hold: a choice that lacks its value gets it, a range that misses it is stretched to it.
     """
     from ray import tune
 
@@ -69,6 +102,8 @@ def build_param_space(
     space: dict[str, Any] = {}
     labels: Labels = {}
     for name, (kind, *args) in entries.items():
+        if start is not None and name in start:
+            args = _holding(kind, args, start[name])
         if kind == "choice":
             values = [_label(v) for v in args]
             if any(isinstance(v, list | tuple) for v in args):
@@ -80,6 +115,32 @@ def build_param_space(
             low, high = float(args[0]), float(args[1])
             space[name] = tune.loguniform(low, high) if kind == "loguniform" else tune.uniform(low, high)
     return space, labels
+
+
+def param_point(start: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values as a point of the flat param space (list choices by their labels)."""
+    return {name: _label(value) for name, value in start.items()}
+
+
+def _holding(kind: str, args: list, value: Any) -> list:
+    """A ``[kind, *args]`` entry's arguments, widened to hold ``value``."""
+    if kind == "choice":
+        return args if _label(value) in [_label(v) for v in args] else [*args, value]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"the starting value {value!r} cannot be the start of a {kind} range")
+    return [min(float(args[0]), value), max(float(args[1]), value)]
+
+
+def is_start(config: Mapping[str, Any], start: Mapping[str, Any]) -> bool:
+    """Whether a trial's flat config is the starting point (floats to a relative 1e-9)."""
+    for name, value in param_point(start).items():
+        other = plain(config.get(name))
+        if isinstance(value, float) and isinstance(other, int | float) and not isinstance(other, bool):
+            if abs(other - value) > 1e-9 * abs(value):
+                return False
+        elif other != value:
+            return False
+    return True
 
 
 def plain(value: Any) -> Any:

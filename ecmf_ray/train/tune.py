@@ -7,11 +7,19 @@ stopped there. ASHA therefore compares trials on the same CV score at the same e
 standardisation, seeds and models are the train job's own, so a trial's ``cv_waf`` is what
 ``ecmf train`` gets with that config.
 
+The first trial is always the starting config (the ``model:``/``train:`` values the search runs
+with, :func:`ecmf_ray.train.search_space.start_point`), through the searcher's
+``points_to_evaluate`` (random, Optuna) or as one grid point (grid), and ASHA never stops it early:
+it trains for its full budget, as ``ecmf train`` would, so best.yaml is never worse than the start.
+
 Files, under ``${run_dir}/tune/``:
 
 ===========  ===================================================================================
-trials.csv   one row per trial: status, the searched values, cv_waf (best mean WAF), epochs, error
-best.yaml    the best trial's searched ``model:``/``train:`` values, for ``ecmf train --config``
+trials.csv   one row per trial: status, start (the starting config's trial), the searched values,
+             cv_waf (best mean WAF), epochs, error
+best.yaml    the best trial's searched ``model:``/``train:`` values, for ``ecmf train --config``;
+             its header compares it with the start
+search.yaml  the whole config the search ran with (profile and overrides), to train best.yaml with
 ray/search/  Ray Tune's experiment state, trial checkpoints, and each trial's TensorBoard events
 ===========  ===================================================================================
 
@@ -32,13 +40,22 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
+from ecmf_ray.config import to_yaml
 from ecmf_ray.features import feature_matrix
 from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import FeatureSet, align_branch, load_feature_set
 from ecmf_ray.train.distributed import run_config_storage
 from ecmf_ray.train.loop import FoldRun, set_torch_threads, step_folds
-from ecmf_ray.train.search_space import AUDIO_KEY, build_param_space, decode_trial, searched_keys
+from ecmf_ray.train.search_space import (
+    AUDIO_KEY,
+    build_param_space,
+    decode_trial,
+    is_start,
+    param_point,
+    searched_keys,
+    start_point,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,23 +149,57 @@ def csv_cells(trials: pd.DataFrame) -> pd.DataFrame:
     return trials.map(lambda v: f"[{', '.join(map(str, v))}]" if isinstance(v, list) else v)
 
 
-def _searcher(tune_cfg: DictConfig, seed: int) -> Any:
+def _searcher(tune_cfg: DictConfig, seed: int, start: dict[str, Any]) -> Any:
+    """The search algorithm, with the starting config as its first point."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    first = [param_point(start)]
     if tune_cfg.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=seed)
-    if tune_cfg.search in ("random", "grid"):
+        return OptunaSearch(seed=seed, points_to_evaluate=first)
+    if tune_cfg.search == "random":
+        return BasicVariantGenerator(random_state=seed, points_to_evaluate=first)
+    if tune_cfg.search == "grid":
+        # A preset point would replace the grid; the start is one of its points already (build_param_space).
         return BasicVariantGenerator(random_state=seed)
     raise ValueError(f"tune.search must be random, grid or optuna, not {tune_cfg.search!r}")
 
 
-def _scheduler(tune_cfg: DictConfig, max_epochs: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _start_keeping_asha() -> type:
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class StartKeepingASHA(ASHAScheduler):
+        """ASHA that never stops the starting config's trial early.
+
+        The start's score is then its full-budget score, the one ``ecmf train`` would give, and every
+        trial that survives ASHA to the end is compared with it at the same (full) budget; trials ASHA
+        stops early only score lower or equal to what they would have shown later, so the best trial
+        is at least as good as the start. Its results still fill ASHA's rungs, so it raises the bar
+        for the others.
+        """
+
+        def __init__(self, start: dict[str, Any], **kwargs: Any):
+            super().__init__(**kwargs)
+            self.start = start
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            action = super().on_trial_result(tune_controller, trial, result)
+            early = result.get(self._time_attr, 0) < self._max_t
+            if action == TrialScheduler.STOP and early and is_start(trial.config, self.start):
+                self._num_stopped -= 1
+                return TrialScheduler.CONTINUE
+            return action
+
+    return StartKeepingASHA
+
+
+def _scheduler(tune_cfg: DictConfig, max_epochs: int, start: dict[str, Any]) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
 
     if tune_cfg.scheduler == "asha":
-        return ASHAScheduler(
+        return _start_keeping_asha()(
+            start,
             time_attr="training_iteration",
             max_t=max_epochs,
             grace_period=int(tune_cfg.grace_period),
@@ -172,7 +223,7 @@ def _load_data(
     return data, audio
 
 
-def _trial_rows(results: Any, labels: dict) -> pd.DataFrame:
+def _trial_rows(results: Any, labels: dict, start: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for result in results:
         values = decode_trial(result.config or {}, labels)
@@ -180,6 +231,7 @@ def _trial_rows(results: Any, labels: dict) -> pd.DataFrame:
         row = {
             "trial_id": metrics.get("trial_id", os.path.basename(str(result.path))),
             "status": "ERROR" if result.error else "TERMINATED",
+            "start": is_start(result.config or {}, start),
             **{f"{s}.{k}": v for s in ("model", "train") for k, v in values[s].items()},
         }
         if values[AUDIO_KEY] is not None:
@@ -192,11 +244,29 @@ def _trial_rows(results: Any, labels: dict) -> pd.DataFrame:
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(METRIC, ascending=False, na_position="last", kind="stable")
+    trials = pd.DataFrame(rows).sort_values("trial_id", kind="stable")
+    # A sampled trial may repeat the start's values (choices only); the first one created is the start.
+    trials["start"] = trials["start"] & ~trials["start"].cumsum().gt(1)
+    return trials.sort_values(METRIC, ascending=False, na_position="last", kind="stable")
 
 
-def best_yaml(trials: pd.DataFrame, experiment: str) -> str:
-    """The best trial's searched values as a config fragment ``ecmf train --config`` takes as is."""
+def start_comparison(trials: pd.DataFrame) -> str:
+    """How the best trial compares with the starting config's trial."""
+    best = trials.dropna(subset=[METRIC]).iloc[0]
+    start = trials[trials["start"]]
+    if start.empty or pd.isna(start[METRIC].iloc[0]):
+        return f"cv_waf {best[METRIC]:.4f}; the starting config's trial has no score"
+    if bool(best["start"]):
+        return f"cv_waf {best[METRIC]:.4f}: the starting config itself; no trial beat it"
+    return f"cv_waf {best[METRIC]:.4f} vs {start[METRIC].iloc[0]:.4f} for the starting config"
+
+
+def best_yaml(trials: pd.DataFrame, experiment: str, search_config: str) -> str:
+    """The best trial's searched values as a config fragment ``ecmf train --config`` takes as is.
+
+    ``search_config``: where the search's whole config is saved; trained with it first, best.yaml
+    gets every setting the search used (profile, overrides) and replaces only what it searched.
+    """
     best = trials.dropna(subset=[METRIC]).iloc[0]
     fragment: dict[str, dict[str, Any]] = {"model": {}, "train": {"experiment": experiment}}
     for name, value in best.items():
@@ -204,8 +274,10 @@ def best_yaml(trials: pd.DataFrame, experiment: str) -> str:
         if section in fragment:
             fragment[section][key] = value.item() if hasattr(value, "item") else value
     header = [
-        f"# Best trial {best['trial_id']} of the search: cv_waf {best[METRIC]:.4f} after {best['epochs']} epochs.",
-        "# Use: ecmf train --config configs/base.yaml --config best.yaml run_dir=...",
+        f"# Best trial {best['trial_id']} of the search ({best['epochs']} epochs): {start_comparison(trials)}.",
+        f"# Use: ecmf train --config {search_config} --config best.yaml",
+        "#   (the search's own config first; or repeat its --config files and overrides, e.g.",
+        "#   ecmf train --config local --config best.yaml run_dir=...)",
     ]
     if AUDIO_KEY in best and isinstance(best[AUDIO_KEY], str):
         header.append(
@@ -228,14 +300,15 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
     base = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in ("model", "train")}
     searched = searched_keys(OmegaConf.to_container(cfg.tune.space, resolve=True), base)
     audio_features = list(cfg.tune.audio_features)
-    param_space, labels = build_param_space(searched, str(cfg.tune.search), audio_features)
+    start = start_point(searched, base, audio_features)
+    param_space, labels = build_param_space(searched, str(cfg.tune.search), audio_features, start)
     if not param_space:
         raise ValueError("tune.space searches nothing: give at least one entry, or tune.audio_features")
 
     # Built before the (slow) feature read so that a typo in tune.search or tune.scheduler fails at once.
     search_alg, scheduler = (
-        _searcher(cfg.tune, int(cfg.seed)),
-        _scheduler(cfg.tune, int(cfg.train.max_epochs)),
+        _searcher(cfg.tune, int(cfg.seed), start),
+        _scheduler(cfg.tune, int(cfg.train.max_epochs), start),
     )
     data, audio = _load_data(cfg, run_dir, searched)
     job = {
@@ -286,21 +359,25 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
                 **run_config_storage(ray_dir),
             ),
         )
+    search_config = storage.join(out_dir, "search.yaml")
+    storage.write_text(search_config, to_yaml(cfg))
     results = tuner.fit()
 
-    trials = _trial_rows(results, labels)
+    trials = _trial_rows(results, labels, start)
     storage.write_csv(csv_cells(trials), storage.join(out_dir, "trials.csv"))
     if trials[METRIC].isna().all():
         raise RuntimeError(f"every trial failed; see {storage.join(out_dir, 'trials.csv')}")
-    storage.write_text(storage.join(out_dir, "best.yaml"), best_yaml(trials, BEST_EXPERIMENT))
+    storage.write_text(storage.join(out_dir, "best.yaml"), best_yaml(trials, BEST_EXPERIMENT, search_config))
     best = trials.iloc[0]
-    logger.info("best trial %s: cv_waf %.4f -> %s", best["trial_id"], best[METRIC], out_dir)
+    logger.info("best trial %s: %s -> %s", best["trial_id"], start_comparison(trials), out_dir)
+    started = trials[trials["start"]]
     return {
         "tune_dir": out_dir,
         "trials": len(trials),
         "errors": int((trials["status"] == "ERROR").sum()),
         "best_trial": str(best["trial_id"]),
         METRIC: float(best[METRIC]),
+        "start_cv_waf": float(started[METRIC].iloc[0]) if not started.empty else None,
     }
 
 

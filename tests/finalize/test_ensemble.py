@@ -127,3 +127,25 @@ def test_pseudo_labels_need_unanimity_and_confidence():
         video_id=["a", "b", "c"], predicted="happy", agreement=[1.0, 2 / 3, 1.0]
     )
     assert select_pseudo_labels(test, 0.9).to_dict() == {"a": "happy"}
+
+
+def test_base_ablation_changes_one_thing_per_row_and_ends_at_the_ecmf_member(tmp_path):
+    """configs/base.yaml's finalize.ablation, as the paper's Table 1: each row after the Baseline changes one
+    thing (its labels, or one key), and the last row is the ensemble's ecmf member (one shared run)."""
+    from ecmf_ray.config import load_config
+    from ecmf_ray.finalize.job import plan_variants
+
+    cfg = load_config([], [f"run_dir={tmp_path}"])
+    members, rows = plan_variants(cfg)
+    entries = list(cfg.finalize.ablation)
+    assert [r.name for r in rows][:2] == ["Baseline", "+ Multi-source labeling strategy"]
+    for entry in entries[1:]:
+        changes = list(entry.get("overrides") or []) + ([entry["labels"]] if entry.get("labels") else [])
+        assert len(changes) == 1, entry["row"]
+    last, ecmf = rows[-1], members[0]
+    assert (last.labels, ecmf.name) == (ecmf.labels, "ecmf")
+    final = with_overrides(cfg, last.overrides, "t")
+    assert experiment_name(final) == experiment_name(with_overrides(cfg, ecmf.overrides, "t"))
+    baseline = with_overrides(cfg, rows[0].overrides, "t")
+    assert baseline.model.name == final.model.name == "ecmf"  # the fusion stays; only its parts switch
+    assert (baseline.model.modality_token, final.model.modality_token) == ("none", "prepend")

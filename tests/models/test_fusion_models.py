@@ -16,7 +16,7 @@ PAPER = {
     "attention_layers": 2,
     "ffn_mult": 4,
     "residual": True,
-    "modality_token": True,
+    "modality_token": "prepend",
     "norm": True,
     "pooling": "attention",
 }
@@ -35,6 +35,7 @@ def inputs(dims, batch=5, seed=0):
 
 
 def test_paper_sized_ecmf_parameter_count():
+    """The paper's fusion: prepended Modal-Tokens, one hidden-sized vector per branch."""
     d, c, m, ff, layers = 128, 6, 4, 4 * 128, 2
     encoders = sum(D * d + d for D in PAPER_DIMS) + m * (
         2 * (d * d + d) + 2 * d
@@ -45,6 +46,9 @@ def test_paper_sized_ecmf_parameter_count():
     expected = encoders + tokens + layers * attention_layer + classifier
     assert expected == 990_214
     assert count_parameters(build_model(PAPER, PAPER_DIMS)) == expected
+    # Adding the token in place has the same parameters; no token has m * d fewer.
+    assert count_parameters(build_model({**PAPER, "modality_token": "add"}, PAPER_DIMS)) == expected
+    assert count_parameters(build_model({**PAPER, "modality_token": "none"}, PAPER_DIMS)) == expected - tokens
 
 
 def test_paper_sized_baseline_parameter_counts():
@@ -95,18 +99,49 @@ def test_residual_switch_only_drops_the_skip_connection():
 
 
 def test_modality_token_switch():
-    on, off = (
-        build_model(small(), SMALL_DIMS).eval(),
-        build_model(small(modality_token=False), SMALL_DIMS).eval(),
+    prepend, add, off = (
+        build_model(small(modality_token=m), SMALL_DIMS).eval() for m in ("prepend", "add", "none")
     )
-    assert off.modality_tokens is None and on.modality_tokens.shape == (4, 16)
-    assert count_parameters(on) - count_parameters(off) == 4 * 16
-    off.load_state_dict({k: v for k, v in on.state_dict().items() if k != "modality_tokens"})
+    assert off.modality_tokens is None and prepend.modality_tokens.shape == add.modality_tokens.shape == (
+        4,
+        16,
+    )
+    assert count_parameters(prepend) - count_parameters(off) == 4 * 16
+    shared = {k: v for k, v in prepend.state_dict().items() if k != "modality_tokens"}
+    off.load_state_dict(shared)
+    add.load_state_dict(prepend.state_dict())
     features, present = inputs(SMALL_DIMS)
-    assert not torch.allclose(on(features, present), off(features, present))
+    outputs = [m(features, present) for m in (prepend, add, off)]
+    assert not torch.allclose(outputs[0], outputs[2]) and not torch.allclose(outputs[1], outputs[2])
+    assert not torch.allclose(outputs[0], outputs[1])
     with torch.no_grad():
-        on.modality_tokens.zero_()
-    torch.testing.assert_close(on(features, present), off(features, present))
+        add.modality_tokens.zero_()
+    torch.testing.assert_close(add(features, present), off(features, present))  # add: a bias on each branch
+
+
+def test_prepended_tokens_are_sequence_elements_read_by_the_mean():
+    """prepend: attention sees [t_1..t_M, h_1..h_M]; the classifier reads the mean over present elements."""
+    model = build_model(small(), SMALL_DIMS).eval()
+    features, present = inputs(SMALL_DIMS)
+    present[1, 2] = False
+    tokens = torch.stack([e(x) for e, x in zip(model.encoders, features, strict=True)], dim=1)
+    sequence = torch.cat([model.modality_tokens.expand(5, -1, -1), tokens], dim=1)
+    mask = torch.cat([present, present], dim=1)  # a missing branch: its token and its feature both masked
+    expected = model.classifier(masked_mean(model.attention(sequence, src_key_padding_mask=~mask), mask))
+    torch.testing.assert_close(model(features, present), expected)
+    # The missing branch's token has no effect either.
+    with torch.no_grad():
+        model.modality_tokens[2] += 5.0
+    torch.testing.assert_close(model(features, present)[1], expected[1])
+    assert not torch.allclose(model(features, present)[0], expected[0])
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_boolean_modality_token_is_refused_with_the_new_names(value):
+    with pytest.raises(ValueError, match="prepend.*add.*former true.*none.*former false"):
+        build_model(small(modality_token=value), SMALL_DIMS)
+    with pytest.raises(ValueError, match="must be one of prepend, add, none"):
+        build_model(small(modality_token="append"), SMALL_DIMS)
 
 
 def test_norm_switch():
@@ -124,7 +159,8 @@ def test_mean_pooling_has_no_attention_and_averages_tokens():
     features, present = inputs(SMALL_DIMS)
     present[2, 0] = False
     tokens = torch.stack([e(x) for e, x in zip(mean.encoders, features, strict=True)], dim=1)
-    expected = mean.classifier(masked_mean(tokens + mean.modality_tokens, present))
+    sequence = torch.cat([mean.modality_tokens.expand(5, -1, -1), tokens], dim=1)
+    expected = mean.classifier(masked_mean(sequence, torch.cat([present, present], dim=1)))
     torch.testing.assert_close(mean(features, present), expected)
 
 

@@ -99,6 +99,8 @@ def test_label_table_replaces_labels_and_adds_training_only_rows(fake_run, tmp_p
     rows = np.isin(out.video_ids, test_ids[:2])
     assert (out.labels[rows] == sad).all() and (out.folds[rows] == -1).all()  # training rows only
     assert (out.folds[data.labels >= 0] >= 0).all() and (out.labels[data.labels < 0] >= 0).sum() == 2
+    # Folds come from the manifest's labels, not the table's (all "happy" here): the same as without it.
+    np.testing.assert_array_equal(out.folds, data.folds)
     # A CSV with some rows undecided (empty label) changes only the decided ones.
     pd.DataFrame({"video_id": train_ids[:2], "label": ["angry", ""]}).to_csv(
         tmp_path / "some.csv", index=False

@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from fake_features import start_driver, write_fake_run  # noqa: E402
@@ -79,6 +81,13 @@ def test_search_writes_trials_best_and_tensorboard(searched):
     } <= set(trials.columns)
     assert trials["epochs"].between(1, 6).all() and trials["cv_waf"].between(0, 1).all()
     assert trials["cv_waf"].is_monotonic_decreasing  # best first
+    # The first trial is the starting config (local.yaml + FIXED): marked, and never better than the best.
+    start = trials[trials["start"]]
+    assert len(start) == 1 and start["model.hidden"].iloc[0] == 128 and start["train.lr"].iloc[0] == 1e-3
+    assert (
+        trials["cv_waf"].iloc[0] >= start["cv_waf"].iloc[0]
+        and result["start_cv_waf"] == start["cv_waf"].iloc[0]
+    )
     assert result["cv_waf"] == trials["cv_waf"].iloc[0] and result["best_trial"] == trials["trial_id"].iloc[0]
     # Every trial has its TensorBoard event file, in its own folder.
     dirs = trial_dirs(run_dir)
@@ -94,18 +103,46 @@ def test_search_writes_trials_best_and_tensorboard(searched):
 
 
 def test_best_yaml_trains_to_the_trial_score(searched):
-    """`ecmf train --config base.yaml --config best.yaml` with the search's settings scores what the trial did."""
+    """best.yaml's own command, `ecmf train --config RUN/tune/search.yaml --config RUN/tune/best.yaml`, scores
+    what the trial did."""
     run_dir, _, result = searched
     trials = pd.read_csv(Path(run_dir, "tune", "trials.csv"))
     epochs = int(trials["epochs"].iloc[0])  # ASHA may have stopped it: train as long as it ran
-    best = str(Path(run_dir, "tune", "best.yaml"))
-    cfg = load_config(
-        [str(configs_dir() / "base.yaml"), "local", best],
-        [f"run_dir={run_dir}", *FIXED, f"train.max_epochs={epochs}"],
-    )
+    best = Path(run_dir, "tune", "best.yaml")
+    search = str(Path(run_dir, "tune", "search.yaml"))
+    assert f"# Use: ecmf train --config {search} --config best.yaml" in best.read_text()
+    cfg = load_config([search, str(best)], [f"train.max_epochs={epochs}"])
     assert cfg.train.experiment == "tuned"
     trained = run_train(cfg)
     assert trained["cv_waf"]["mean"] == pytest.approx(result["cv_waf"], abs=1e-6)
+
+
+def test_search_never_returns_worse_than_its_start(ray_cluster, tmp_path, fake_run):
+    """A good start (lr 3e-3) and a space of learning rates far too small for 4 epochs: the start is the
+    first trial, ASHA never stops it early, and the best is at least the start's cv_waf (here: the start)."""
+    from ecmf_ray.train.data import load_feature_set
+    from ecmf_ray.train.loop import cross_validate, set_torch_threads
+
+    run_dir = str(tmp_path)
+    os.symlink(Path(fake_run, "manifest.parquet"), Path(run_dir, "manifest.parquet"))
+    os.symlink(Path(fake_run, "features"), Path(run_dir, "features"))
+    overrides = [*NOT_SEARCHED, "tune.space.train.lr=[logfactor,0.001,0.003]", "train.lr=3e-3"]
+    overrides += ["train.max_epochs=4", "tune.search=random", "tune.num_samples=3"]
+    overrides += ["tune.scheduler=asha", "tune.grace_period=1", "tune.reduction_factor=2"]
+    cfg = config(run_dir, *overrides)
+    result = run_tune(cfg)
+    trials = pd.read_csv(Path(run_dir, "tune", "trials.csv"))
+    start = trials[trials["start"]].iloc[0]
+    assert trials["start"].sum() == 1 and start["train.lr"] == 3e-3 and start["epochs"] == 4
+    assert result["cv_waf"] >= start["cv_waf"] and result["best_trial"] == start["trial_id"]
+    assert "the starting config itself; no trial beat it" in Path(run_dir, "tune", "best.yaml").read_text()
+    # The start trial's score is what training the starting config gives.
+    set_torch_threads(1)
+    data = load_feature_set(run_dir, list(cfg.model.branches), int(cfg.train.folds), int(cfg.seed))
+    runs = cross_validate(
+        data, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.train), int(cfg.seed)
+    )
+    assert start["cv_waf"] == pytest.approx(np.mean([r.best_waf for r in runs]), abs=1e-6)
 
 
 def test_grid_over_audio_feature_folders(ray_cluster, tmp_path, fake_run):
@@ -124,6 +161,7 @@ def test_grid_over_audio_feature_folders(ray_cluster, tmp_path, fake_run):
     trials = pd.read_csv(Path(run_dir, "tune", "trials.csv"))
     assert sorted(trials["audio_features"]) == sorted(folders)
     assert trials["audio_features"].iloc[0] == folders[1]
+    assert trials.set_index("audio_features")["start"].to_dict() == {folders[0]: True, folders[1]: False}
     assert folders[1] in Path(run_dir, "tune", "best.yaml").read_text()  # said in a comment
 
 
