@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ecmf_ray.enrich.prompts import PLACEHOLDER, fill
-from ecmf_ray.enrich.sources import FIELDS, Source, resolve_sources
+from ecmf_ray.enrich.sources import DEFAULT_NAME, FIELDS, Source, resolve_sources
 from ecmf_ray.enrich.table import read_enrichment
 
 # Which switch turns each enrichment field on (the paper's "+GPT4-label", "+GPT4-keywords" rows).
@@ -75,11 +75,14 @@ def template_names(sources: Sequence[Source]) -> dict[str, tuple[str, str]]:
 
 
 def check_template(cfg_enrich: Any, sources: Sequence[Source]) -> None:
-    """Refuse a template naming a source that is not configured, or a field that source does not give."""
+    """Refuse a template naming a source that is not configured, or a field that source does not give.
+
+    A plain ``{field}`` no source gives is only empty (its piece is dropped), so the default template
+    works with any sources.
+    """
     known = template_names(sources)
     for name in PLACEHOLDER.findall(str(cfg_enrich.text_template)):
-        if name != "text" and name not in known:
-            _field(name)  # an unknown field name: its own message
+        if _field(name) is not None and "." in name and name not in known:
             raise ValueError(
                 f"enrich.text_template uses {{{name}}}, which no source gives; known: {', '.join(sorted(known))}"
             )
@@ -97,12 +100,12 @@ def text_label_sources(cfg_enrich: Any) -> set[str]:
 def template_values(table: pd.DataFrame, sources: Sequence[Source]) -> dict[str, dict[str, Any]]:
     """video_id -> {template name: value} from the enrichment table.
 
-    With one source every row is that source's (a table written before sources had names works too);
-    with several, rows are matched by ``source``, and a configured source missing from the table is an
-    error (the table is older than the config).
+    Without ``enrich.sources`` (the one source ``llm``) every row is that source's, so a table written
+    before sources had names works too; otherwise rows are matched by ``source``, and a configured
+    source missing from the table is an error (the table is older than the config).
     """
     names = template_names(sources)
-    if len(sources) == 1:
+    if len(sources) == 1 and sources[0].name == DEFAULT_NAME:
         repeated = table["video_id"][table["video_id"].duplicated()]
         if len(repeated):
             raise ValueError(

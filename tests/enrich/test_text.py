@@ -120,6 +120,13 @@ def test_template_names_each_source_and_plain_fields_take_the_first(tmp_path) ->
         "a": "今天真好[SEP]happy/surprise[SEP]笑着跳起来",
         "b": "唉",
     }
+    # One named source reads only its own rows.
+    av_only = "enrich.sources=[{name: av_llm, media: [frames, audio], fields: [label, description]}]"
+    only = load_config([], [f"run_dir={run_dir}", "enrich.enabled=true", av_only])
+    assert enriched_texts(only, manifest).to_dict() == {
+        "a": "今天真好[SEP]情绪:surprise[SEP]笑着跳起来",
+        "b": "唉",
+    }
     labels = llm_labels(run_dir)
     assert labels.loc["a"].to_dict() == {"av_llm": "surprise", "text_llm": "happy"}
     assert labels.loc["b", "av_llm"] is None
