@@ -81,11 +81,12 @@ def attach_media(batch: pd.DataFrame, media: Sequence[str], limits: Mapping[str,
 
     A clip that cannot be decoded gets ``error`` and no payload (it is not sent); other rows go on.
     """
-    payloads, errors = [], []
+    payloads: list[str | None] = []
+    errors: list[str | None] = []
     for path, payload, error in zip(batch["video_path"], batch["payload"], batch["error"], strict=True):
-        if payload is None or error is not None:
+        if pd.isna(payload) or not pd.isna(error):
             payloads.append(None)
-            errors.append(error)
+            errors.append(None if pd.isna(error) else error)
             continue
         try:
             parts = media_parts(str(path), media, limits)
@@ -97,4 +98,8 @@ def attach_media(batch: pd.DataFrame, media: Sequence[str], limits: Mapping[str,
         body["messages"][-1]["content"] = parts + body["messages"][-1]["content"]
         payloads.append(json.dumps(body, ensure_ascii=False))
         errors.append(None)
-    return batch.assign(payload=payloads, error=errors)
+    # object dtype: pandas would otherwise read a str column's None as NaN.
+    return batch.assign(
+        payload=pd.Series(payloads, index=batch.index, dtype=object),
+        error=pd.Series(errors, index=batch.index, dtype=object),
+    )

@@ -33,8 +33,9 @@ class ChatCompletions:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         # A row that already failed (its clip could not be decoded) is not sent; its error goes on.
-        errors = batch["error"].tolist() if "error" in batch else [None] * len(batch)
-        pending = [i for i, e in enumerate(errors) if e is None]
+        failed = batch["error"].notna().tolist() if "error" in batch else [False] * len(batch)
+        errors = [batch["error"].iloc[i] if f else None for i, f in enumerate(failed)]
+        pending = [i for i, f in enumerate(failed) if not f]
         payloads = [json.loads(batch["payload"].iloc[i]) for i in pending]
         replies = self._loop.run_until_complete(self._post(payloads)) if payloads else []
         content: list[str | None] = [None] * len(batch)
