@@ -6,8 +6,12 @@ from __future__ import annotations
 import pandas as pd
 
 from ecmf_ray.config import load_config
+from ecmf_ray.data.manifest import manifest_path, write_manifest
 from ecmf_ray.data.synth import plan_samples
 from ecmf_ray.data.synth_llm import simulated_answers, use_simulated_llms, write_simulated_answers
+from ecmf_ray.enrich import enriched_texts, llm_labels
+from ecmf_ray.enrich.job import run_enrich
+from ecmf_ray.finalize.relabel import llm_voters
 from ecmf_ray.labels import EMOTIONS
 
 
@@ -55,3 +59,25 @@ def test_the_demo_config_reads_two_precomputed_sources(tmp_path) -> None:
         open(cfg.enrich.sources[1].path, encoding="utf-8") as b,
     ):
         assert a.read() == b.read()  # the same seed writes the same answers
+
+
+def test_the_demo_enriches_the_text_and_the_av_source_votes(tmp_path) -> None:
+    """What the demo's enrich, extract (text input) and relabel steps read, without Ray or a model."""
+    truth = _truth(12).assign(given_label="", noisy=False, split="train")
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    manifest = pd.DataFrame(
+        {"video_id": truth["name"], "video_path": "/nowhere.mp4", "text": "今天", "label": truth["true_label"],
+         "split": "train", "valence": None}
+    )  # fmt: skip
+    write_manifest(manifest, manifest_path(str(tmp_path)))
+    cfg = load_config(["local"], [f"run_dir={tmp_path}"])
+    use_simulated_llms(cfg, str(tmp_path), seed=0)
+
+    summary = run_enrich(cfg)
+    assert summary["rows"] == 24 and summary["errors"] == 0
+    labels = llm_labels(str(tmp_path))
+    assert list(labels.columns) == ["av_llm_sim", "text_llm_sim"] and labels.notna().all().all()
+    texts = enriched_texts(cfg, manifest)
+    # The text LLM's label and keywords and the AV LLM's (simulated) description reach the text branch.
+    assert texts.str.startswith("今天[SEP]情绪:").all() and texts.str.contains("模拟回答").all()
+    assert llm_voters(cfg) == ["av_llm_sim"]
