@@ -106,10 +106,13 @@ def run_demo(cfg: DictConfig, *, n: int, unlabeled: int, label_noise: float) -> 
     """Synthesise a small MER2025-layout dataset under ``run_dir`` and run the pipeline on it.
 
     The dataset's true labels (``truth.csv``) go to ``finalize.truth``, so the report scores the test
-    predictions and the relabeling against them. A rerun reuses the dataset and every finished step.
+    predictions and the relabeling against them. Enrichment runs with two SIMULATED LLM sources
+    (:mod:`ecmf_ray.data.synth_llm`), so the report shows the audio-visual source's votes. A rerun
+    reuses the dataset and every finished step.
     """
     from ecmf_ray.cli import run_job
     from ecmf_ray.data.synth import TRUTH_FILE, synthesize
+    from ecmf_ray.data.synth_llm import use_simulated_llms
 
     storage.use_endpoint(cfg.storage.endpoint_url)
     data_root = storage.join(cfg.run_dir, "synth")
@@ -126,6 +129,8 @@ def run_demo(cfg: DictConfig, *, n: int, unlabeled: int, label_noise: float) -> 
     cfg.dataset.format = "mer2025"
     cfg.dataset.root = data_root
     cfg.finalize.truth = cfg.finalize.truth or truth
+    # No network and no LLM here: the text and audio-visual LLM sources answer from simulated files.
+    use_simulated_llms(cfg, data_root, int(cfg.seed))
     result = run_job("pipeline", cfg)
     final = result.get("finalize")
     report = final["report"] if isinstance(final, dict) else storage.join(cfg.run_dir, "final", "report.md")

@@ -32,13 +32,21 @@ class ChatCompletions:
         self._loop = asyncio.new_event_loop()  # one loop per actor, reused across batches
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        replies = self._loop.run_until_complete(self._post([json.loads(p) for p in batch["payload"]]))
+        # A row that already failed (its clip could not be decoded) is not sent; its error goes on.
+        failed = batch["error"].notna().tolist() if "error" in batch else [False] * len(batch)
+        errors = [batch["error"].iloc[i] if f else None for i, f in enumerate(failed)]
+        pending = [i for i, f in enumerate(failed) if not f]
+        payloads = [json.loads(batch["payload"].iloc[i]) for i in pending]
+        replies = self._loop.run_until_complete(self._post(payloads)) if payloads else []
+        content: list[str | None] = [None] * len(batch)
+        for i, reply in zip(pending, replies, strict=True):
+            content[i], errors[i] = reply.content, reply.error
         return pd.DataFrame(
             {
                 "video_id": batch["video_id"].to_numpy(),
                 "key": batch["key"].to_numpy(),
-                "content": [r.content for r in replies],
-                "error": [r.error for r in replies],
+                "content": pd.Series(content, dtype=object),
+                "error": pd.Series(errors, dtype=object),
             }
         )
 

@@ -50,12 +50,18 @@ def read_precomputed(uri: str) -> pd.DataFrame:
     return df[list(FIELDS)].drop_duplicates("name", keep="first")
 
 
-def _record(video_id: str, row: dict | None, source: str) -> dict:
+def _record(video_id: str, row: dict | None, source: str, origin: str) -> dict:
     if row is None:
-        return {"video_id": video_id, "source": source, "error": "not in the precomputed file"}
+        return {
+            "video_id": video_id,
+            "source": source,
+            "origin": origin,
+            "error": "not in the precomputed file",
+        }
     try:
         return {
             "video_id": video_id,
+            "origin": origin,
             # An empty label is allowed here (a description-only source); a wrong one is not.
             "label": check_label(row["label"]) if row["label"] else None,
             "keywords": join_keywords(row["keywords"]),
@@ -64,11 +70,17 @@ def _record(video_id: str, row: dict | None, source: str) -> dict:
         }
     except ValueError as err:
         raw = json.dumps({k: row[k] for k in FIELDS}, ensure_ascii=False, default=str)
-        return {"video_id": video_id, "source": source, "error": f"invalid row: {err}", "raw": raw}
+        return {
+            "video_id": video_id,
+            "source": source,
+            "origin": origin,
+            "error": f"invalid row: {err}",
+            "raw": raw,
+        }
 
 
-def import_precomputed(uri: str, video_ids: Sequence[str]) -> pd.DataFrame:
-    """One enrichment record per video in ``video_ids``; bad or missing rows carry an error."""
+def import_precomputed(uri: str, video_ids: Sequence[str], source: str) -> pd.DataFrame:
+    """One enrichment record of ``source`` per video in ``video_ids``; bad or missing rows carry an error."""
     rows = read_precomputed(uri).set_index("name", drop=False).to_dict("index")
-    source = f"precomputed:{os.path.basename(uri)}"
-    return pd.DataFrame([_record(v, rows.get(v), source) for v in video_ids])
+    origin = f"precomputed:{os.path.basename(uri)}"
+    return pd.DataFrame([_record(v, rows.get(v), source, origin) for v in video_ids])

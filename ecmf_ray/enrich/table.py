@@ -7,14 +7,16 @@ import pyarrow as pa
 
 from ecmf_ray import storage
 
-# raw: the model's answer text, kept only when it failed validation (so it can be inspected).
+# One row per (video_id, source). source: the configured source's name; origin: its backend and model
+# (or precomputed file); raw: the model's answer text, kept only when it failed validation.
 SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),
+        ("source", pa.string()),
         ("label", pa.string()),
         ("keywords", pa.string()),
         ("description", pa.string()),
-        ("source", pa.string()),
+        ("origin", pa.string()),
         ("error", pa.string()),
         ("raw", pa.string()),
     ]

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from ecmf_ray import features, storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
+from ecmf_ray.enrich.sources import resolve_sources
 from ecmf_ray.enrich.text import enriched_texts
 from ecmf_ray.extract.rows import count_column, error_column, feature_column, parse_error_cell
 
@@ -46,11 +47,13 @@ def spec_path(run_dir: str) -> str:
 
 
 def text_source(cfg: Any) -> dict[str, Any]:
-    """What the text branch encodes: the transcript, or the enrichment template and its switches."""
+    """What the text branch encodes: the transcript, or the enrichment template, its switches and the
+    LLM sources it draws on (name, backend, model or file, media and its limits, fields)."""
     if not cfg.enrich.enabled:
         return {"source": "transcript"}
-    keys = ("text_template", "template_separator", "use_label", "use_keywords", "use_description", "model")
-    return {"source": "enriched", **{k: OmegaConf.to_object(cfg.enrich)[k] for k in keys}}
+    keys = ("text_template", "template_separator", "use_label", "use_keywords", "use_description")
+    sources = [s.spec() for s in resolve_sources(cfg.enrich)]
+    return {"source": "enriched", **{k: OmegaConf.to_object(cfg.enrich)[k] for k in keys}, "sources": sources}
 
 
 def feature_spec(cfg: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ecmf_ray import storage
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
 from ecmf_ray.finalize.experiments import run_variant, with_overrides
 from ecmf_ray.finalize.pseudo import self_train
-from ecmf_ray.finalize.relabel import check_tie_rule, flows, run_relabel
+from ecmf_ray.finalize.relabel import check_relabel_config, flows, run_relabel
 from ecmf_ray.finalize.report import ReportInputs, write_report
 from ecmf_ray.finalize.scores import reference_labels
 
@@ -48,7 +48,7 @@ def plan_variants(cfg: DictConfig) -> tuple[list[Variant], list[Variant]]:
     """The ensemble members and ablation rows, each config checked before anything trains."""
     from ecmf_ray.models import validate_model_config
 
-    check_tie_rule(str(cfg.finalize.relabel.tie))
+    check_relabel_config(cfg.finalize.relabel)
     members = ensemble_variants(cfg.finalize.ensemble, "refined")
     rows = ablation_variants(cfg.finalize.ablation, "refined")
     for v in [*members, *rows]:

@@ -1,16 +1,27 @@
-"""Multi-source relabeling (ECMF 3.4.1): weak unimodal classifiers and the LLM vote on every training label.
+"""Multi-source relabeling (ECMF 3.4.1): weak classifiers per modality and an audio-visual LLM vote on
+every training label.
 
-Sources: one weak classifier per branch in ``finalize.relabel.branches`` (``model.name=unimodal``, a
-full K-fold run on the original labels, so every vote is an out-of-fold prediction), and the LLM's
-label from ``ecmf enrich`` when ``finalize.relabel.llm`` is on and enrichment exists.
+Sources (``finalize.relabel``):
 
-Vote: the class with the most votes is the refined label, if it has at least
-``finalize.relabel.min_votes`` votes (otherwise the original label stays). Tie rule (``finalize.relabel.tie``):
-``keep`` (default) keeps the original label when classes tie for the most votes or nobody voted;
-``probability`` breaks the tie by the sources' mean probability (an LLM vote counts as probability 1).
+- ``classifiers``: voter groups, one weak classifier each, trained K-fold on the original labels (so
+  every vote is an out-of-fold prediction). A group of one branch is ``model.name=unimodal``; a group
+  of several is one classifier over their concatenation (``group_model``). The default
+  ``[[frame, face], [audio], [text]]`` is the paper's one classifier per modality: frame and face are two
+  views of the one visual modality and vote once.
+- ``llm_sources``: the ``ecmf enrich`` sources whose label votes (their name is the vote's source). The
+  default (null) is every source that watches or listens to the clip (``media`` not empty), the
+  paper's Qwen-Omni. A text-only LLM's label already reaches the vote through the text features the
+  text classifier learns from; naming such a source anyway is allowed and logged as counted twice.
 
-Review: a sample whose every vote contradicts its original label goes to ``review_queue.csv``. A
-person's decisions, a CSV of ``video_id, label`` given as ``finalize.relabel.reviewed``, override the vote.
+Rule (``rule``, ``min_votes``): ``majority`` (the paper's) elects a class with more than half of the
+votes cast; ``plurality`` the class with the most votes, a tie for the most broken by ``tie``
+(``keep``: nobody is elected; ``probability``: the highest mean probability, an LLM vote counting as
+probability 1). Either way the elected class needs ``min_votes`` votes, else the original label stays.
+
+Review: a sample whose every vote contradicts its original label goes to ``review_queue.csv``. With
+``unanimous_disagreement: review`` (the paper's, default) it keeps its original label until a person
+decides; with ``auto`` the vote's label applies and the queue is only a list. A person's decisions, a
+CSV of ``video_id, label`` given as ``reviewed``, override both.
 
 Outputs in ``${run_dir}/final/``: ``relabel.parquet`` (video_id, original, refined, votes, changed),
 ``review_queue.csv`` (video_id, original, votes, refined) and ``relabel_flows.csv`` (how many labels
@@ -20,6 +31,8 @@ went from each class to each other class; rows: original, columns: refined).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,21 +41,51 @@ from omegaconf import DictConfig
 from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich import enrichment_path, llm_labels
+from ecmf_ray.enrich.sources import resolve_sources
+from ecmf_ray.enrich.text import text_label_sources
 from ecmf_ray.finalize.experiments import run_variant
-from ecmf_ray.finalize.vote import MISSING, all_disagree, ensemble_vote, relabel_vote, vote_counts
+from ecmf_ray.finalize.vote import (
+    MISSING,
+    RULES,
+    all_disagree,
+    elected,
+    ensemble_vote,
+    majority_winner,
+    plurality_winner,
+    vote_counts,
+)
 from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
 from ecmf_ray.train.data import labels_of, read_label_table
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-LLM_SOURCE = "llm"
 TIE_RULES = ("keep", "probability")
+DISAGREEMENT_MODES = ("review", "auto")
 
 
-def check_tie_rule(tie: str) -> None:
-    if tie not in TIE_RULES:
-        raise ValueError(f"finalize.relabel.tie must be one of {', '.join(TIE_RULES)}, not '{tie}'")
+def check_rules(rule: str, tie: str, unanimous_disagreement: str) -> None:
+    """Refuse unknown rule names, naming the config key."""
+    given = {"rule": rule, "tie": tie, "unanimous_disagreement": unanimous_disagreement}
+    for key, allowed in (("rule", RULES), ("tie", TIE_RULES), ("unanimous_disagreement", DISAGREEMENT_MODES)):
+        if str(given[key]) not in allowed:
+            raise ValueError(
+                f"finalize.relabel.{key} must be one of {', '.join(allowed)}, not '{given[key]}'"
+            )
+
+
+def check_relabel_config(rc: Any) -> None:
+    """Check ``finalize.relabel`` before anything trains."""
+    check_rules(str(rc.rule), str(rc.tie), str(rc.unanimous_disagreement))
+    classifier_groups(rc.classifiers)
+
+
+def classifier_groups(entries: Sequence[Any]) -> list[list[str]]:
+    """``finalize.relabel.classifiers`` as branch groups: ``audio`` and ``[audio]`` both mean one branch."""
+    groups = [[str(entry)] if isinstance(entry, str) else [str(b) for b in entry] for entry in entries]
+    if any(not g for g in groups):
+        raise ValueError("finalize.relabel.classifiers: an empty group has no branch to train on")
+    return groups
 
 
 def class_indices(labels: pd.Series) -> np.ndarray:
@@ -58,33 +101,47 @@ def format_votes(votes: pd.DataFrame) -> list[str]:
     ]
 
 
+def parse_votes(formatted: pd.Series) -> pd.DataFrame:
+    """The inverse of :func:`format_votes`: one column per source, None where a source gave no vote."""
+    rows = [dict(p.split(":", 1) for p in str(text).split(", ") if p) for text in formatted]
+    votes = pd.DataFrame(rows, index=formatted.index).astype(object)
+    return votes.where(votes.notna(), None)
+
+
 def refine(
     original: pd.Series,
     votes: pd.DataFrame,
     *,
-    tie: str = "keep",
+    rule: str = "majority",
     min_votes: int = 1,
+    tie: str = "keep",
+    unanimous_disagreement: str = "review",
     probabilities: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The relabel table from the original labels and every source's vote (both indexed by video_id).
 
-    ``min_votes``: a label changes only to a class with at least this many votes. ``probabilities``: per
-    classifier source, its ``(samples, classes)`` probabilities (for tie=probability).
+    ``probabilities``: per classifier source, its ``(samples, classes)`` probabilities (for
+    ``plurality`` with ``tie=probability``). ``review`` marks the samples every vote contradicts.
     """
-    check_tie_rule(tie)
+    check_rules(rule, tie, unanimous_disagreement)
     votes = votes.reindex(original.index)
     y = class_indices(original)
     v = np.stack([class_indices(votes[c]) for c in votes.columns], axis=1)
-    if tie == "keep":
-        refined = relabel_vote(v, y)
+    counts = vote_counts(v)
+    if rule == "majority":
+        winner = majority_winner(counts)
+    elif tie == "keep":
+        winner = plurality_winner(counts)
     else:
         probabilities = probabilities or {}
-        # A source without probabilities (the LLM) puts all its mass on its vote.
+        # A source without probabilities (an LLM) puts all its mass on its vote.
         one_hot = np.eye(NUM_CLASSES + 1)[v][..., :NUM_CLASSES]  # MISSING (-1) -> the dropped last column
         probs = np.stack([probabilities.get(c, one_hot[:, i]) for i, c in enumerate(votes.columns)], axis=0)
-        refined = np.where((v == MISSING).all(axis=1), y, ensemble_vote(v, probs))
-    support = np.take_along_axis(vote_counts(v), refined[:, None], axis=1)[:, 0]
-    refined = np.where(support >= min_votes, refined, y)
+        winner = np.where((v == MISSING).all(axis=1), MISSING, ensemble_vote(v, probs))
+    refined = elected(winner, counts, y, min_votes)
+    review = all_disagree(v, y)
+    if unanimous_disagreement == "review":
+        refined = np.where(review, y, refined)  # a person decides these, not the vote
     names = np.array(EMOTIONS, dtype=object)
     return pd.DataFrame(
         {
@@ -93,7 +150,7 @@ def refine(
             "refined": names[refined],
             "votes": format_votes(votes),
             "changed": refined != y,
-            "review": all_disagree(v, y),
+            "review": review,
         }
     )
 
@@ -115,32 +172,81 @@ def flows(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def llm_voters(cfg: DictConfig) -> list[str]:
+    """The enrich sources whose label votes (see the module docstring for the default)."""
+    chosen = cfg.finalize.relabel.llm_sources
+    if not storage.exists(enrichment_path(cfg.run_dir)):
+        if chosen:
+            raise ValueError(
+                f"finalize.relabel.llm_sources names {list(chosen)}, but {enrichment_path(cfg.run_dir)} "
+                "does not exist (run `ecmf enrich` first)"
+            )
+        return []
+    sources = {s.name: s for s in resolve_sources(cfg.enrich)}
+    if chosen is None:
+        return [s.name for s in sources.values() if s.media and "label" in s.fields]
+    names = [str(n) for n in chosen]
+    for name in names:
+        if name not in sources:
+            raise ValueError(
+                f"finalize.relabel.llm_sources: '{name}' is not an enrich source ({', '.join(sources)})"
+            )
+        if "label" not in sources[name].fields:
+            raise ValueError(
+                f"finalize.relabel.llm_sources: source '{name}' gives no label (its fields lack label)"
+            )
+    twice = sorted(set(names) & text_label_sources(cfg.enrich))
+    if twice and "text" in cfg.model.branches:
+        logger.warning(
+            "relabel: the label of %s is in the text features and votes too: it counts twice", twice
+        )
+    return names
+
+
 def collect_votes(cfg: DictConfig, original: pd.Series) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Every source's vote on the training videos, and the weak classifiers' probabilities."""
     rc = cfg.finalize.relabel
     votes: dict[str, pd.Series] = {}
     probabilities: dict[str, np.ndarray] = {}
-    for branch in rc.branches:
-        overrides = ["model.name=unimodal", f"model.branches=[{branch}]", *rc.overrides]
-        oof = run_variant(cfg, f"weak {branch}", overrides, None).oof.set_index("video_id")
+    for group in classifier_groups(rc.classifiers):
+        name = "+".join(group)
+        model = "unimodal" if len(group) == 1 else str(rc.group_model)
+        overrides = [f"model.name={model}", f"model.branches=[{','.join(group)}]", *rc.overrides]
+        oof = run_variant(cfg, f"weak {name}", overrides, None).oof.set_index("video_id")
         oof = oof.reindex(original.index)
-        votes[branch] = oof["predicted"]
-        probabilities[branch] = oof[PROB_COLUMNS].fillna(0.0).to_numpy()
-    if rc.llm and storage.exists(enrichment_path(cfg.run_dir)):
-        votes[LLM_SOURCE] = llm_labels(cfg.run_dir).reindex(original.index)
+        votes[name] = oof["predicted"]
+        probabilities[name] = oof[PROB_COLUMNS].fillna(0.0).to_numpy()
+    names = llm_voters(cfg)
+    if names:
+        labels = llm_labels(cfg.run_dir)
+        for name in names:
+            if name not in labels.columns:
+                raise ValueError(
+                    f"{enrichment_path(cfg.run_dir)} has no rows from source '{name}' (rerun `ecmf enrich`)"
+                )
+            votes[name] = labels[name].reindex(original.index)
     if not votes:
-        raise ValueError("relabeling has no sources: set finalize.relabel.branches (or run `ecmf enrich`)")
+        raise ValueError("relabeling has no sources: set finalize.relabel.classifiers (or llm_sources)")
     return pd.DataFrame(votes, index=original.index), probabilities
 
 
 def run_relabel(cfg: DictConfig, out_dir: str) -> pd.DataFrame:
     """Vote on every training label and write the relabel outputs; returns the relabel table."""
     rc = cfg.finalize.relabel
+    check_relabel_config(rc)
     manifest = read_manifest(manifest_path(cfg.run_dir))
     train = manifest[labels_of(manifest) >= 0]
     original = pd.Series(train["label"].to_numpy(dtype=object), index=train["video_id"].astype(str))
     votes, probabilities = collect_votes(cfg, original)
-    table = refine(original, votes, tie=str(rc.tie), min_votes=int(rc.min_votes), probabilities=probabilities)
+    table = refine(
+        original,
+        votes,
+        rule=str(rc.rule),
+        min_votes=int(rc.min_votes),
+        tie=str(rc.tie),
+        unanimous_disagreement=str(rc.unanimous_disagreement),
+        probabilities=probabilities,
+    )
     if rc.reviewed:
         table = apply_review(table, read_label_table(str(rc.reviewed)), str(rc.reviewed))
     storage.write_table(table.drop(columns="review"), storage.join(out_dir, "relabel.parquet"))
@@ -148,7 +254,7 @@ def run_relabel(cfg: DictConfig, out_dir: str) -> pd.DataFrame:
     storage.write_csv(queue, storage.join(out_dir, "review_queue.csv"))
     storage.write_text(storage.join(out_dir, "relabel_flows.csv"), flows(table).to_csv())
     logger.info(
-        "relabel: %d of %d labels changed, %d for review (sources: %s)",
-        int(table["changed"].sum()), len(table), len(queue), ", ".join(votes.columns),
+        "relabel: %d of %d labels changed, %d for review (rule %s; sources: %s)",
+        int(table["changed"].sum()), len(table), len(queue), rc.rule, ", ".join(votes.columns),
     )  # fmt: skip
     return table

@@ -18,6 +18,7 @@ import pandas as pd
 from ecmf_ray import storage
 from ecmf_ray.finalize.ensemble import EnsembleResult, Variant
 from ecmf_ray.finalize.experiments import Experiment
+from ecmf_ray.finalize.relabel import parse_votes
 from ecmf_ray.finalize.scores import RowScores, row_scores, selection, truth_waf
 from ecmf_ray.labels import EMOTIONS
 
@@ -163,7 +164,26 @@ def relabel_scores(relabel: pd.DataFrame, truth: pd.Series) -> dict[str, Any]:
         "fixed": int((noisy & (t["refined"] == t["truth"])).sum()),
         "clean": int((~noisy).sum()),
         "clean_changed": int((~noisy & t["changed"]).sum()),
+        "noisy_review": int((noisy & t["review"]).sum()),
+        "clean_review": int((~noisy & t["review"]).sum()),
     }
+
+
+def source_vote_rows(relabel: pd.DataFrame, truth: pd.Series | None) -> tuple[list[tuple], list[str]]:
+    """Per voting source: votes cast, how many agree with the original label, and (with truth) how many
+    are right. Returns the rows and the header for :func:`markdown_table`."""
+    votes = parse_votes(relabel.set_index("video_id")["votes"])
+    original = relabel.set_index("video_id")["original"]
+    known = truth.reindex(votes.index) if truth is not None else None
+    rows = []
+    for source in votes.columns:
+        cast = votes[source].notna()
+        row = [source, int(cast.sum()), int((votes[source] == original)[cast].sum())]
+        if known is not None:
+            row.append(pct(float((votes[source] == known)[cast].mean())) if cast.any() else "-")
+        rows.append(tuple(row))
+    header = ["source", "votes", "agree with the original label"]
+    return rows, header + (["right (true label)"] if truth is not None else [])
 
 
 def _save(fig: Any, uri: str) -> None:
@@ -237,12 +257,17 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
             f"{int(r['review'].sum())} samples "
             "whose every source disagrees are in `review_queue.csv`. Details: `relabel.parquet`.",
             "",
+            "Votes per source (a weak classifier per modality group, and each LLM source that votes):",
+            "",
+            markdown_table(*source_vote_rows(r, truth)),
+            "",
         ]
         if truth is not None:
             s = relabel_scores(r, truth)
             lines += [
                 f"Against the true labels: {s['fixed']} of {s['noisy']} noisy labels fixed; "
-                f"{s['clean_changed']} of {s['clean']} clean labels changed.",
+                f"{s['clean_changed']} of {s['clean']} clean labels changed; "
+                f"{s['noisy_review']} noisy and {s['clean_review']} clean labels queued for review.",
                 "",
             ]
         changes = [

@@ -1,7 +1,8 @@
-"""Majority votes with explicit tie rules (pure numpy: relabeling and the ensemble both use them).
+"""Votes with explicit rules (pure numpy: relabeling and the ensemble both use them).
 
 Votes are class indices in ``[0, num_classes)``; ``-1`` marks a source with no opinion on a sample
-(an LLM that gave no valid label, a branch whose features errored).
+(an LLM that gave no valid label, a branch whose features errored). Missing votes are not counted:
+"votes cast" below means the sources that gave a class.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from ecmf_ray.labels import NUM_CLASSES
 
 MISSING = -1
+RULES: tuple[str, ...] = ("majority", "plurality")
 
 
 def vote_counts(votes: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -26,18 +28,47 @@ def vote_counts(votes: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray
     return counts
 
 
-def relabel_vote(votes: np.ndarray, original: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """The refined label per sample: the strict majority class among the sources.
-
-    Tie rule: when several classes share the top count (or no source voted), the original label is
-    kept, so a refined label always has more support than any alternative.
-    """
-    counts = vote_counts(votes, num_classes)
-    original = np.asarray(original, dtype=np.int64)
+def majority_winner(counts: np.ndarray) -> np.ndarray:
+    """Per sample, the class with more than half of the votes cast; ``MISSING`` where none has."""
+    counts = np.asarray(counts, dtype=np.int64)
+    cast = counts.sum(axis=1)
     top = counts.max(axis=1)
-    winners = counts.argmax(axis=1)
+    return np.where((2 * top > cast) & (cast > 0), counts.argmax(axis=1), MISSING)
+
+
+def plurality_winner(counts: np.ndarray) -> np.ndarray:
+    """Per sample, the class with the most votes if no other class has as many; ``MISSING`` otherwise."""
+    counts = np.asarray(counts, dtype=np.int64)
+    top = counts.max(axis=1)
     unique_top = (counts == top[:, None]).sum(axis=1) == 1
-    return np.where(unique_top & (top > 0), winners, original)
+    return np.where(unique_top & (top > 0), counts.argmax(axis=1), MISSING)
+
+
+def relabel_vote(
+    votes: np.ndarray,
+    original: np.ndarray,
+    rule: str = "majority",
+    min_votes: int = 1,
+    num_classes: int = NUM_CLASSES,
+) -> np.ndarray:
+    """The refined label per sample under ``rule``; the original label where the rule elects nobody.
+
+    ``majority``: a class needs more than half of the votes cast (ECMF 3.4.1, "majority voting").
+    ``plurality``: the most votes suffices, but a tie for the most votes elects nobody.
+    Either way the winner also needs at least ``min_votes`` votes.
+    """
+    if rule not in RULES:
+        raise ValueError(f"finalize.relabel.rule must be one of {', '.join(RULES)}, not '{rule}'")
+    counts = vote_counts(votes, num_classes)
+    winner = majority_winner(counts) if rule == "majority" else plurality_winner(counts)
+    return elected(winner, counts, original, min_votes)
+
+
+def elected(winner: np.ndarray, counts: np.ndarray, original: np.ndarray, min_votes: int) -> np.ndarray:
+    """``winner`` where it exists and has at least ``min_votes`` votes, else ``original``."""
+    original = np.asarray(original, dtype=np.int64)
+    support = np.take_along_axis(counts, np.maximum(winner, 0)[:, None], axis=1)[:, 0]
+    return np.where((winner != MISSING) & (support >= min_votes), winner, original)
 
 
 def all_disagree(votes: np.ndarray, original: np.ndarray) -> np.ndarray:

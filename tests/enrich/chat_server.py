@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import io
 import json
 import socket
 import threading
+import wave
 from collections import Counter
+from typing import Any
 
+import cv2
+import numpy as np
 import pandas as pd
 from aiohttp import web
 
@@ -34,14 +41,65 @@ ANSWERS = {
 }
 
 
+# Markers that change only what the audio-visual source (a request with content parts) gets; its text-only
+# requests for the same clip are answered as VALID.
+AV_ANSWER = _answer("happy", [], "画面中的人在笑，声音轻快")
+AV_MARKERS = ("AVLIMIT", "AVDOWN", "AVBADJSON")  # a 429 first | a 429 always | malformed JSON
+
+
+class BadRequest(ValueError):
+    """What vLLM answers with 400: a content part it cannot use."""
+
+
+def check_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Check content parts as vLLM does for Qwen2.5-Omni; returns what they hold (text, images, audio).
+
+    Images must be JPEG data URLs that decode; the audio must be a 16 kHz mono 16-bit WAV.
+    """
+    seen: dict[str, Any] = {"text": "", "images": [], "audio_s": None}
+    for part in parts:
+        kind = part.get("type")
+        if kind == "text":
+            seen["text"] += part["text"]
+        elif kind == "image_url":
+            url = part["image_url"]["url"]
+            prefix = "data:image/jpeg;base64,"
+            if not url.startswith(prefix):
+                raise BadRequest(f"image url is not a JPEG data URL: {url[:40]}")
+            data = base64.b64decode(url[len(prefix) :], validate=True)
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if not data.startswith(b"\xff\xd8") or image is None:
+                raise BadRequest("image part does not decode as JPEG")
+            seen["images"].append(image.shape[:2])
+        elif kind == "input_audio":
+            audio = part["input_audio"]
+            if audio.get("format") != "wav" or seen["audio_s"] is not None:
+                raise BadRequest("one input_audio part in wav format expected")
+            try:
+                with wave.open(io.BytesIO(base64.b64decode(audio["data"], validate=True))) as w:
+                    if (w.getnchannels(), w.getframerate(), w.getsampwidth()) != (1, 16000, 2):
+                        raise BadRequest(f"audio is not 16 kHz mono 16-bit: {w.getparams()}")
+                    seen["audio_s"] = w.getnframes() / w.getframerate()
+            except (wave.Error, EOFError, binascii.Error) as err:
+                raise BadRequest(f"audio part is not a WAV file: {err}") from None
+        else:
+            raise BadRequest(f"unknown content part type {kind!r}")
+    return seen
+
+
 class ChatServer:
-    """POST /v1/chat/completions in a background thread; counts requests per marker."""
+    """POST /v1/chat/completions in a background thread; counts requests per marker.
+
+    A request whose user content is a list of parts is the audio-visual source's: its parts are checked
+    (:func:`check_parts`), counted under ``av:<marker>`` and recorded in ``media``.
+    """
 
     def __init__(self, key: str, delay_s: float = 3.0) -> None:
         self.key = key
         self.delay_s = delay_s
         self.slow = True
         self.requests: Counter[str] = Counter()
+        self.media: dict[str, list[dict[str, Any]]] = {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -51,19 +109,34 @@ class ChatServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json()
-        text = body["messages"][-1]["content"]
-        marker = next(m for m in ANSWERS if m in text)
-        self.requests[marker] += 1
+        content = body["messages"][-1]["content"]
+        seen = None
+        if isinstance(content, list):
+            try:
+                seen = check_parts(content)
+            except BadRequest as err:
+                return web.json_response({"error": str(err)}, status=400)
+            content = seen["text"]
+        marker = next((m for m in (*AV_MARKERS, *ANSWERS) if m in content), "VALID")
+        counter = f"av:{marker}" if seen else marker
+        self.requests[counter] += 1
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return web.json_response({"error": "bad key"}, status=401)
-        first = self.requests[marker] == 1
-        if marker == "RATE" and first:
-            return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "0"})
-        if marker == "BUSY" and first:
-            return web.Response(status=503, text="overloaded")
-        if marker == "SLOW" and self.slow:
-            await asyncio.sleep(self.delay_s)
-        message = {"role": "assistant", "content": ANSWERS[marker]}
+        first = self.requests[counter] == 1
+        if seen is not None:
+            self.media.setdefault(marker, []).append(seen)
+            if marker == "AVLIMIT" and first or marker == "AVDOWN":
+                return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "0"})
+            answer = ANSWERS["MALFORMED"] if marker == "AVBADJSON" else AV_ANSWER
+        else:
+            if marker == "RATE" and first:
+                return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "0"})
+            if marker == "BUSY" and first:
+                return web.Response(status=503, text="overloaded")
+            if marker == "SLOW" and self.slow:
+                await asyncio.sleep(self.delay_s)
+            answer = ANSWERS.get(marker, ANSWERS["VALID"])
+        message = {"role": "assistant", "content": answer}
         return web.json_response({"choices": [{"index": 0, "message": message}]})
 
     async def _start(self) -> None:
@@ -85,12 +158,13 @@ class ChatServer:
         self._thread.join(timeout=10)
 
 
-def write_run(run_dir: str, texts: dict[str, str]) -> None:
-    """A manifest with one unlabeled video per transcript."""
+def write_run(run_dir: str, texts: dict[str, str], paths: dict[str, str] | None = None) -> None:
+    """A manifest with one unlabeled video per transcript (at ``paths[video_id]`` when given)."""
+    paths = paths or {}
     rows = pd.DataFrame(
         {
             "video_id": list(texts),
-            "video_path": [f"/data/video/{v}.mp4" for v in texts],
+            "video_path": [paths.get(v, f"/data/video/{v}.mp4") for v in texts],
             "text": list(texts.values()),
             "label": None,
             "split": "unlabeled",

@@ -49,7 +49,8 @@ def test_answers_are_validated_and_bad_rows_recorded(first_run) -> None:
         "v1": "happy", "v2": "sad", "v3": None, "v4": None, "v5": "worried",
         "v6": "neutral", "v7": None, "v8": None, "v9": "happy",
     }  # fmt: skip
-    assert table.loc["v1", "keywords"] == "开心, 笑" and table.loc["v1", "source"] == "openai:test-model"
+    assert table.loc["v1", "keywords"] == "开心, 笑" and table.loc["v1", "source"] == "llm"
+    assert table.loc["v1", "origin"] == "openai:test-model"
     assert "not valid JSON" in table.loc["v3", "error"] and table.loc["v3", "raw"].startswith(
         '{"label": "angry"'
     )

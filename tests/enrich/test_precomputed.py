@@ -42,7 +42,8 @@ def test_import(tmp_path, fmt: str) -> None:
     table = read_enrichment(run_dir).set_index("video_id")
     assert summary["videos"] == 4 and summary["errors"] == 2
     assert table.loc["a", ["label", "keywords", "description"]].tolist() == ["happy", "开心, 笑", "语气轻快"]
-    assert table.loc["a", "error"] is None and table.loc["a", "source"] == f"precomputed:results.{fmt}"
+    assert table.loc["a", "error"] is None and table.loc["a", "source"] == "llm"
+    assert table.loc["a", "origin"] == f"precomputed:results.{fmt}"
     assert table.loc["b", "label"] is None
     assert "'Excited' is not one of" in table.loc["b", "error"] and "兴奋" in table.loc["b", "raw"]
     assert table.loc["c", "label"] is None and table.loc["c", "description"] == "只有描述"

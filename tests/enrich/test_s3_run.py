@@ -18,7 +18,7 @@ def test_s3_run_dir_caches_in_the_bucket(ray_cluster, chat_server: ChatServer, s
     first = run_enrich(cfg)
     assert first["sent"] == 2 and first["output"].startswith("s3://enrich-test/run/enrich/")
     assert storage.listdir(cache_dir(s3_run_dir))
-    assert llm_labels(s3_run_dir).to_dict() == {"a": "happy", "b": "sad"}
+    assert llm_labels(s3_run_dir)["llm"].to_dict() == {"a": "happy", "b": "sad"}
 
     before = sum(chat_server.requests.values())
     assert run_enrich(cfg)["sent"] == 0

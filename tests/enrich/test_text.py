@@ -73,9 +73,96 @@ def test_enriched_texts_and_llm_labels_read_the_run(tmp_path) -> None:
     assert texts.index.name == "video_id"
     assert texts.to_dict() == {"a": "今天真好[SEP]情绪:happy[SEP]关键词:开心, 笑", "b": "唉", "c": ""}
 
-    assert llm_labels(run_dir).to_dict() == {"a": "happy", "b": None}
+    assert llm_labels(run_dir)["t"].to_dict() == {"a": "happy", "b": None}
 
 
 def test_missing_enrichment_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="ecmf enrich"):
         llm_labels(str(tmp_path))
+
+
+TWO_SOURCES = (
+    "enrich.sources=[{name: text_llm, fields: [label, keywords]},"
+    " {name: av_llm, media: [frames, audio], fields: [label, description]}]"
+)
+
+
+def test_template_names_each_source_and_plain_fields_take_the_first(tmp_path) -> None:
+    run_dir = str(tmp_path)
+    write_run(run_dir, {"a": "今天真好", "b": "唉"})
+    records = pd.DataFrame(
+        [
+            {"video_id": "a", "source": "text_llm", "label": "happy", "keywords": "开心"},
+            {"video_id": "a", "source": "av_llm", "label": "surprise", "description": "笑着跳起来"},
+            {"video_id": "b", "source": "text_llm", "label": "sad", "keywords": "难过"},
+            {
+                "video_id": "b",
+                "source": "av_llm",
+                "error": "media: NoVideoStream: the file has no video stream",
+            },
+        ]
+    )
+    write_enrichment(records, enrichment_path(run_dir))
+    manifest = pd.DataFrame({"video_id": ["a", "b"], "text": ["今天真好", "唉"]})
+
+    # The default template: {label} and {keywords} are text_llm's (listed first), {description} av_llm's.
+    default = load_config([], [f"run_dir={run_dir}", "enrich.enabled=true", TWO_SOURCES])
+    assert enriched_texts(default, manifest).to_dict() == {
+        "a": "今天真好[SEP]情绪:happy[SEP]关键词:开心[SEP]笑着跳起来",
+        "b": "唉[SEP]情绪:sad[SEP]关键词:难过",
+    }
+    named = load_config(
+        [],
+        [f"run_dir={run_dir}", "enrich.enabled=true", TWO_SOURCES,
+         "enrich.text_template='{text}[SEP]{text_llm.label}/{av_llm.label}[SEP]{av_llm.description}'"],
+    )  # fmt: skip
+    assert enriched_texts(named, manifest).to_dict() == {
+        "a": "今天真好[SEP]happy/surprise[SEP]笑着跳起来",
+        "b": "唉",
+    }
+    # One named source reads only its own rows.
+    av_only = "enrich.sources=[{name: av_llm, media: [frames, audio], fields: [label, description]}]"
+    only = load_config([], [f"run_dir={run_dir}", "enrich.enabled=true", av_only])
+    assert enriched_texts(only, manifest).to_dict() == {
+        "a": "今天真好[SEP]情绪:surprise[SEP]笑着跳起来",
+        "b": "唉",
+    }
+    labels = llm_labels(run_dir)
+    assert labels.loc["a"].to_dict() == {"av_llm": "surprise", "text_llm": "happy"}
+    assert labels.loc["b", "av_llm"] is None
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{text}[SEP]{av_llm.keywords}", "no source gives"),  # av_llm's fields lack keywords
+        ("{text}[SEP]{gpt.label}", "no source gives"),
+        ("{text}[SEP]{av_llm.mood}", "mood"),
+    ],
+)
+def test_template_refuses_what_no_source_gives(tmp_path, template: str, message: str) -> None:
+    cfg = load_config(
+        [], [f"run_dir={tmp_path}", "enrich.enabled=true", TWO_SOURCES, f"enrich.text_template='{template}'"]
+    )
+    with pytest.raises(ValueError, match=message):
+        enriched_texts(cfg, pd.DataFrame({"video_id": ["a"], "text": ["x"]}))
+
+
+def test_a_source_missing_from_the_table_is_an_error(tmp_path) -> None:
+    run_dir = str(tmp_path)
+    write_enrichment(pd.DataFrame([{"video_id": "a", "source": "text_llm", "label": "happy"}]),
+                     enrichment_path(run_dir))  # fmt: skip
+    cfg = load_config([], [f"run_dir={run_dir}", "enrich.enabled=true", TWO_SOURCES])
+    with pytest.raises(ValueError, match=r"no rows from source\(s\) \['av_llm'\]"):
+        enriched_texts(cfg, pd.DataFrame({"video_id": ["a"], "text": ["x"]}))
+
+
+def test_text_label_sources() -> None:
+    from ecmf_ray.enrich.text import text_label_sources
+
+    on = ["enrich.enabled=true", TWO_SOURCES]
+    assert text_label_sources(load_config([], on).enrich) == {"text_llm"}
+    both = [*on, "enrich.text_template='{text}[SEP]{label}[SEP]{av_llm.label}'"]
+    assert text_label_sources(load_config([], both).enrich) == {"text_llm", "av_llm"}
+    assert text_label_sources(load_config([], [*on, "enrich.use_label=false"]).enrich) == set()
+    assert text_label_sources(load_config([], [TWO_SOURCES]).enrich) == set()

@@ -15,7 +15,9 @@ from ecmf_ray.finalize.relabel import run_relabel
 SMALL_FINALIZE = [
     "train.folds=2",
     "train.max_epochs=10",
-    "finalize.relabel.branches=[audio,text]",
+    # Two voters: every change is a unanimous disagreement, which `auto` lets the vote decide.
+    "finalize.relabel.classifiers=[audio,text]",
+    "finalize.relabel.unanimous_disagreement=auto",
     "finalize.ensemble=[{name: ecmf}, {name: seed1, overrides: [seed=1]}]",
     # The second row is the ecmf member's config: shared, not trained again.
     "finalize.ablation=[{row: Baseline, labels: original}, {row: + relabel, labels: refined}]",
@@ -100,7 +102,15 @@ def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, t
     # Two sources: a split vote is a tie. keep leaves the label; probability takes one of the two votes.
     by_rule = {
         tie: run_relabel(
-            with_overrides(cfg, [f"finalize.relabel.tie={tie}", "finalize.relabel.min_votes=1"], "t"),
+            with_overrides(
+                cfg,
+                [
+                    "finalize.relabel.rule=plurality",
+                    f"finalize.relabel.tie={tie}",
+                    "finalize.relabel.min_votes=1",
+                ],
+                "t",
+            ),
             str(tmp_path / tie),
         ).set_index("video_id")
         for tie in ("keep", "probability")

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from ecmf_ray.finalize.vote import all_disagree, ensemble_vote, relabel_vote, vote_counts
+from ecmf_ray.finalize.vote import (
+    all_disagree,
+    ensemble_vote,
+    majority_winner,
+    plurality_winner,
+    relabel_vote,
+    vote_counts,
+)
 
 
 def test_vote_counts_ignore_missing():
@@ -11,17 +18,32 @@ def test_vote_counts_ignore_missing():
         vote_counts(np.array([[6]]))
 
 
-def test_relabel_majority_and_tie_keeps_original():
-    votes = np.array(
-        [
-            [2, 2, 1],  # clear majority for 2
-            [1, 2, -1],  # tie between 1 and 2 -> original
-            [-1, -1, -1],  # nobody voted -> original
-            [3, 3, 3],  # unanimous and agrees with the original
-        ]
-    )
-    original = np.array([0, 4, 5, 3])
-    assert relabel_vote(votes, original).tolist() == [2, 4, 5, 3]
+VOTES = np.array(
+    [
+        [2, 2, 1, -1],  # 2 of 3 cast: a majority and a plurality
+        [1, 2, -1, -1],  # 1 against 1: nobody
+        [-1, -1, -1, -1],  # nobody voted -> original
+        [3, 3, 3, 3],  # unanimous and agrees with the original
+        [2, 2, 1, 0],  # 2 of 4: the most votes, but not more than half
+        [4, -1, -1, -1],  # 1 of 1 cast: a majority of one vote
+    ]
+)
+ORIGINAL = np.array([0, 4, 5, 3, 5, 0])
+
+
+def test_majority_needs_more_than_half_of_the_votes_cast():
+    assert majority_winner(vote_counts(VOTES)).tolist() == [2, -1, -1, 3, -1, 4]
+    assert relabel_vote(VOTES, ORIGINAL, "majority").tolist() == [2, 4, 5, 3, 5, 4]
+    # min_votes: a one-vote majority is not enough.
+    assert relabel_vote(VOTES, ORIGINAL, "majority", min_votes=2).tolist() == [2, 4, 5, 3, 5, 0]
+
+
+def test_plurality_needs_the_most_votes_and_no_tie():
+    assert plurality_winner(vote_counts(VOTES)).tolist() == [2, -1, -1, 3, 2, 4]
+    assert relabel_vote(VOTES, ORIGINAL, "plurality").tolist() == [2, 4, 5, 3, 2, 4]
+    assert relabel_vote(VOTES, ORIGINAL, "plurality", min_votes=3).tolist() == [0, 4, 5, 3, 5, 0]
+    with pytest.raises(ValueError, match="finalize.relabel.rule"):
+        relabel_vote(VOTES, ORIGINAL, "unanimity")
 
 
 def test_review_queue_is_total_disagreement():
