@@ -2,62 +2,47 @@
 
 ``ecmf pipeline`` runs prepare -> enrich -> extract -> train -> tune -> finalize in one Ray session, each
 step reading what the one before wrote under ``run_dir``. enrich runs when ``enrich.enabled`` (it comes
-before extract, whose text branch encodes the enriched text), tune when ``pipeline.tune``. A step whose
-outputs are complete is skipped (unless named in ``pipeline.force``), so rerunning after a failure
-continues where it stopped; steps that stopped half-way resume on their own (extract, train, finalize).
+before extract, whose text branch encodes the enriched text), tune when ``pipeline.tune``.
+
+Each step owns the answer to "are my outputs done and current?": a ``current(cfg)`` function beside its
+code returns None, or the reason to run it (outputs missing, unfinished, or made from other settings or
+inputs). The pipeline asks in order, skips a current step, and otherwise prints the reason and runs the
+step: it resumes what is unfinished, redoes what it can, and refuses, naming what changed and how to
+proceed, where rerunning would mix stale outputs with new ones (features of another spec, an experiment
+trained with another config). Every record includes what the step read, so a rerun upstream makes the
+steps downstream of it stale too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
 from ecmf_ray.config import save_config
+from ecmf_ray.job_table import JOBS, resolve_job, run_job
 
 logger = logging.getLogger(__name__)
 
 STEPS: tuple[str, ...] = ("prepare", "enrich", "extract", "train", "tune", "finalize")
 
-
-def _extract_complete(cfg: DictConfig) -> bool:
-    from ecmf_ray.data.manifest import manifest_path, read_manifest
-    from ecmf_ray.extract.store import completed_ids
-    from ecmf_ray.features import branch_dir
-
-    # Consolidated branch folders exist only once every video was written (or failed, with an error row).
-    if not all(storage.exists(branch_dir(cfg.run_dir, b)) for b in cfg.extract.branches):
-        return False
-    ids = set(read_manifest(manifest_path(cfg.run_dir))["video_id"])
-    return ids <= completed_ids(cfg.run_dir)
+# step -> its ``current(cfg) -> None | reason`` check, beside the step's code.
+CURRENT: dict[str, str] = {
+    "prepare": "ecmf_ray.data.prepare:current",
+    "enrich": "ecmf_ray.enrich.job:current",
+    "extract": "ecmf_ray.extract.store:current",
+    "train": "ecmf_ray.train.distributed:current",
+    "tune": "ecmf_ray.train.tune:current",
+    "finalize": "ecmf_ray.finalize.job:current",
+}
 
 
-def _complete_checks(cfg: DictConfig) -> dict[str, Callable[[], bool]]:
-    """Per step: a check of whether its outputs are complete."""
-    from ecmf_ray.data.manifest import manifest_path
-    from ecmf_ray.enrich import enrichment_path
-    from ecmf_ray.finalize.job import submission_path
-    from ecmf_ray.train.outputs import experiment_dir
-
-    run_dir = cfg.run_dir
-    return {
-        "prepare": lambda: storage.exists(manifest_path(run_dir)),
-        "enrich": lambda: storage.exists(enrichment_path(run_dir)),
-        "extract": lambda: _extract_complete(cfg),
-        "train": lambda: storage.exists(
-            storage.join(experiment_dir(run_dir, str(cfg.train.experiment)), "metrics.json")
-        ),
-        "tune": lambda: storage.exists(best_yaml_path(run_dir)),
-        "finalize": lambda: storage.exists(submission_path(run_dir)),
-    }
-
-
-def is_complete(cfg: DictConfig, step: str) -> bool:
-    """Whether ``step``'s outputs under ``cfg.run_dir`` are complete (the pipeline then skips it)."""
-    return _complete_checks(cfg)[step]()
+def reason_to_run(cfg: DictConfig, step: str) -> str | None:
+    """None when ``step``'s outputs under ``cfg.run_dir`` are done and current (the pipeline skips it);
+    else why it must run."""
+    return resolve_job(CURRENT[step])(cfg)
 
 
 def best_yaml_path(run_dir: str) -> str:
@@ -79,24 +64,22 @@ def enabled_steps(cfg: DictConfig) -> list[str]:
 
 
 def run_pipeline(cfg: DictConfig) -> dict:
-    """Run every enabled step whose outputs are not complete; returns each step's summary (or 'complete')."""
-    from ecmf_ray.cli import JOBS, resolve_job
-
+    """Run every enabled step that is not done and current; returns each step's summary (or 'complete')."""
     cfg = cfg.copy()
     cfg.run_dir = storage.resolve(cfg.run_dir, os.getcwd())
     unknown = set(cfg.pipeline.force) - set(STEPS)
     if unknown:
         raise ValueError(f"pipeline.force names unknown step(s) {sorted(unknown)}; steps: {', '.join(STEPS)}")
-    complete = _complete_checks(cfg)
     results: dict[str, object] = {}
     for step in enabled_steps(cfg):
         if step == "finalize" and cfg.pipeline.tune:
             cfg = with_best_trial(cfg)
-        if step not in cfg.pipeline.force and complete[step]():
-            logger.info("pipeline: %s is complete; skipped", step)
+        reason = "named in pipeline.force" if step in cfg.pipeline.force else reason_to_run(cfg, step)
+        if reason is None:
+            print(f"pipeline: {step} is done and current; skipped")
             results[step] = "complete"
             continue
-        logger.info("pipeline: %s", step)
+        print(f"pipeline: running {step}: {reason}")
         save_config(cfg, step)
         results[step] = resolve_job(JOBS[step][0])(cfg)
     return results
@@ -110,7 +93,6 @@ def run_demo(cfg: DictConfig, *, n: int, unlabeled: int, label_noise: float) -> 
     (:mod:`ecmf_ray.data.synth_llm`), so the report shows the audio-visual source's votes. A rerun
     reuses the dataset and every finished step.
     """
-    from ecmf_ray.cli import run_job
     from ecmf_ray.data.synth import TRUTH_FILE, synthesize
     from ecmf_ray.data.synth_llm import use_simulated_llms
 

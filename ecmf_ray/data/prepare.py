@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
 from ecmf_ray.data import manifest as mf
 from ecmf_ray.data.mer2025 import import_manifest, import_mer2025
+from ecmf_ray.freshness import read_record, stale_reason, write_record
 
 logger = logging.getLogger(__name__)
+
+
+def record_path(run_dir: str) -> str:
+    """The dataset settings the manifest was built from."""
+    return storage.join(run_dir, "prepare.json")
+
+
+def dataset_settings(cfg: DictConfig) -> dict:
+    return {"dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+
+
+def current(cfg: DictConfig) -> str | None:
+    """None when the manifest exists and was built from the current ``dataset:`` settings; else why not."""
+    if not storage.exists(mf.manifest_path(cfg.run_dir)):
+        return "no manifest.parquet yet"
+    return stale_reason("manifest.parquet", read_record(record_path(cfg.run_dir)), dataset_settings(cfg))
 
 
 def run_prepare(cfg: DictConfig) -> dict:
@@ -38,6 +55,7 @@ def run_prepare(cfg: DictConfig) -> dict:
     mf.write_manifest(result.manifest, out)
     issues_uri = mf.issues_path(cfg.run_dir)
     storage.write_csv(result.issues_frame(), issues_uri)
+    write_record(record_path(cfg.run_dir), dataset_settings(cfg))
 
     table = mf.counts(result.manifest)
     print(f"manifest: {len(result.manifest)} videos -> {out}")

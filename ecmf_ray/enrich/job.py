@@ -14,17 +14,44 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich.answers import parse_answer
 from ecmf_ray.enrich.cache import cache_dir, cache_key, load_cache, write_shard
 from ecmf_ray.enrich.precomputed import import_precomputed
 from ecmf_ray.enrich.prompts import chat_payload
 from ecmf_ray.enrich.sources import FIELDS, Source, resolve_sources
-from ecmf_ray.enrich.table import enrichment_path, write_enrichment
+from ecmf_ray.enrich.table import enrich_dir, enrichment_path, write_enrichment
+from ecmf_ray.freshness import manifest_digest, read_record, stale_reason, write_record
 
 logger = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("openai", "vllm", "precomputed")
+# enrich: keys that change how fast answers come, not what they are (free to change between runs).
+OPERATIONAL_KEYS = ("enabled", "batch_size", "workers", "concurrency", "timeout_s", "max_retries", "backoff_s",
+                    "backoff_max_s")  # fmt: skip
+
+
+def record_path(run_dir: str) -> str:
+    return storage.join(enrich_dir(run_dir), "settings.json")
+
+
+def enrich_settings(cfg: DictConfig) -> dict:
+    """What the enrichment was made from: the enrich settings (sources, prompts, models) and the manifest."""
+    settings = OmegaConf.to_container(cfg.enrich, resolve=True)
+    return {
+        "enrich": {k: v for k, v in settings.items() if k not in OPERATIONAL_KEYS},
+        "manifest": manifest_digest(cfg.run_dir),
+    }
+
+
+def current(cfg: DictConfig) -> str | None:
+    """None when enrichment.parquet exists and was made with the current settings for this manifest."""
+    if not storage.exists(enrichment_path(cfg.run_dir)):
+        return "no enrich/enrichment.parquet yet"
+    return stale_reason(
+        "enrich/enrichment.parquet", read_record(record_path(cfg.run_dir)), enrich_settings(cfg)
+    )
 
 
 def media_settings(source: Source) -> dict[str, Any]:
@@ -166,6 +193,7 @@ def run_enrich(cfg: DictConfig) -> dict:
     records = pd.concat(tables, ignore_index=True)
     out = enrichment_path(cfg.run_dir)
     write_enrichment(records, out)
+    write_record(record_path(cfg.run_dir), enrich_settings(cfg))
     errors = sum(per_source.values())
     summary = {"videos": len(manifest), "rows": len(records), "errors": errors, "errors_by_source": per_source,
                **stats, "output": out}  # fmt: skip

@@ -27,6 +27,7 @@ from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich.sources import resolve_sources
 from ecmf_ray.enrich.text import enriched_texts
 from ecmf_ray.extract.rows import count_column, error_column, feature_column, parse_error_cell
+from ecmf_ray.freshness import read_record, stale_reason
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ def shards_dir(run_dir: str) -> str:
 
 def spec_path(run_dir: str) -> str:
     return storage.join(features.features_dir(run_dir), "spec.json")
+
+
+def inputs_path(run_dir: str) -> str:
+    """Per video, a hash of what was extracted from it (its video path and the text the text branch encodes)."""
+    return storage.join(features.features_dir(run_dir), "inputs.parquet")
 
 
 # ------------------------------------------------------------------------------------------- the spec
@@ -99,6 +105,53 @@ def check_spec(run_dir: str, spec: dict[str, Any]) -> None:
                 f"{', '.join(changed)}); use a new run_dir or delete {features.features_dir(run_dir)}"
             )
     storage.write_text(path, json.dumps(spec, indent=2, ensure_ascii=False))
+
+
+# ------------------------------------------------------------------------------------------ the inputs
+
+
+def input_digests(rows: pd.DataFrame) -> pd.Series:
+    """video_id -> a hash of the row's ``video_path`` and ``text``."""
+    hashed = pd.util.hash_pandas_object(rows[["video_path", "text"]].astype(str), index=False)
+    return pd.Series(hashed.to_numpy().astype(str), index=rows["video_id"].to_numpy(), name="digest")
+
+
+def changed_inputs(run_dir: str, rows: pd.DataFrame, done: set[str]) -> list[str]:
+    """Videos already extracted whose video path or text differs now from what was extracted."""
+    if not storage.exists(inputs_path(run_dir)):
+        return []
+    recorded = storage.read_table(inputs_path(run_dir)).to_pandas().set_index("video_id")["digest"]
+    now = input_digests(rows)
+    both = now.index[now.index.isin(list(done)) & now.index.isin(recorded.index)]
+    return sorted(both[now[both].to_numpy() != recorded[both].to_numpy()])
+
+
+def record_inputs(run_dir: str, rows: pd.DataFrame) -> None:
+    storage.write_table(input_digests(rows).rename_axis("video_id").reset_index(), inputs_path(run_dir))
+
+
+def extraction_rows(cfg: Any, manifest: pd.DataFrame) -> pd.DataFrame:
+    """``video_id, video_path, text`` of every manifest video, the text being what the text branch encodes."""
+    # The text branch's input comes from one hook: the transcript, or the enriched text when enabled.
+    texts = enriched_texts(cfg, manifest)
+    return manifest[["video_id", "video_path"]].assign(text=texts.reindex(manifest["video_id"]).to_numpy())
+
+
+def current(cfg: Any) -> str | None:
+    """None when ``features/`` holds every manifest video, extracted with the current spec from its
+    current video and text; else why not."""
+    reason = stale_reason("features/", read_record(spec_path(cfg.run_dir)), feature_spec(cfg))
+    if reason:
+        return reason
+    manifest = read_manifest(manifest_path(cfg.run_dir))
+    done = completed_ids(cfg.run_dir)
+    todo = int((~manifest["video_id"].isin(done)).sum())
+    if todo or not all(storage.exists(features.branch_dir(cfg.run_dir, b)) for b in cfg.extract.branches):
+        return f"{todo} of {len(manifest)} videos not extracted yet"
+    changed = changed_inputs(cfg.run_dir, extraction_rows(cfg, manifest), done)
+    if changed:
+        return f"{len(changed)} extracted videos have another video file or text now (e.g. '{changed[0]}')"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ the shards
@@ -174,10 +227,16 @@ def plan_run(cfg: Any) -> RunPlan:
     if manifest["video_id"].duplicated().any():
         raise ValueError("the manifest repeats video ids; rerun `ecmf prepare`")
     check_spec(cfg.run_dir, feature_spec(cfg))
-    # The text branch's input comes from one hook: the transcript, or the enriched text when enabled.
-    texts = enriched_texts(cfg, manifest)
-    rows = manifest[["video_id", "video_path"]].assign(text=texts.reindex(manifest["video_id"]).to_numpy())
+    rows = extraction_rows(cfg, manifest)
     done = completed_ids(cfg.run_dir)
+    changed = changed_inputs(cfg.run_dir, rows, done)
+    if changed:
+        raise ValueError(
+            f"{len(changed)} videos in {features.features_dir(cfg.run_dir)} were extracted from another video "
+            f"file or text than the manifest (or enrichment) gives now (e.g. '{changed[0]}'); "
+            f"use a new run_dir or delete {features.features_dir(cfg.run_dir)}"
+        )
+    record_inputs(cfg.run_dir, rows)
     todo = rows[~rows["video_id"].isin(done)].reset_index(drop=True)
     return RunPlan(video_ids=manifest["video_id"].tolist(), todo=todo, resumed=len(rows) - len(todo))
 

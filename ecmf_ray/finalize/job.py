@@ -1,7 +1,8 @@
 """The ``finalize`` job: relabel -> ensemble members on the refined labels -> vote -> submission and report.
 
 Writes ``${run_dir}/final/``: relabel.parquet, review_queue.csv, relabel_flows.csv (relabeling),
-ensemble_oof.parquet and ensemble_test.parquet (the vote), report.md with its PNG plots, and last
+ensemble_oof.parquet and ensemble_test.parquet (the vote), report.md with its PNG plots, ensemble.json
+(the members' experiment folders, which ``ecmf predict`` loads, and the inputs finalize ran on), and last
 submission.csv, whose presence marks the job as complete. Every training run it needs is a ``train``
 experiment found again on a rerun (:mod:`ecmf_ray.finalize.experiments`), so an interrupted finalize
 continues with the runs it had not finished.
@@ -13,15 +14,17 @@ import logging
 import os
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
+from ecmf_ray.enrich.job import record_path as enrich_record_path
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
-from ecmf_ray.finalize.experiments import run_variant, with_overrides
+from ecmf_ray.finalize.experiments import Experiment, run_variant, unnamed_fingerprint, with_overrides
 from ecmf_ray.finalize.pseudo import self_train
 from ecmf_ray.finalize.relabel import check_relabel_config, flows, run_relabel
 from ecmf_ray.finalize.report import ReportInputs, write_report
 from ecmf_ray.finalize.scores import reference_labels
+from ecmf_ray.freshness import read_record, stale_reason, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,37 @@ def final_dir(run_dir: str) -> str:
 
 def submission_path(run_dir: str) -> str:
     return storage.join(final_dir(run_dir), "submission.csv")
+
+
+def ensemble_path(run_dir: str) -> str:
+    return storage.join(final_dir(run_dir), "ensemble.json")
+
+
+def finalize_inputs(cfg: DictConfig) -> dict:
+    """What finalize's outputs depend on: the base experiment (seed, model, train, data), the finalize
+    settings, and the enrichment (its LLM labels vote)."""
+    return {
+        "base": unnamed_fingerprint(cfg),
+        "finalize": OmegaConf.to_container(cfg.finalize, resolve=True),
+        "enrichment": read_record(enrich_record_path(str(cfg.run_dir))),
+    }
+
+
+def current(cfg: DictConfig) -> str | None:
+    """None when ``final/submission.csv`` exists and finalize ran on the current inputs; else why not."""
+    if not storage.exists(submission_path(str(cfg.run_dir))):
+        return "no final/submission.csv yet"
+    record = read_record(ensemble_path(str(cfg.run_dir)))
+    return stale_reason("final/", record and record.get("inputs"), finalize_inputs(cfg))
+
+
+def write_ensemble_record(cfg: DictConfig, members: list[tuple[Variant, Experiment]]) -> None:
+    """``final/ensemble.json``: each member's name and experiment folder (what ``ecmf predict`` runs)."""
+    record = {
+        "members": [{"name": v.name, "experiment_dir": e.exp_dir, "cv_waf": e.cv_waf} for v, e in members],
+        "inputs": finalize_inputs(cfg),
+    }
+    write_record(ensemble_path(str(cfg.run_dir)), record)
 
 
 def read_truth(uri: str) -> pd.Series:
@@ -99,6 +133,7 @@ def run_finalize(cfg: DictConfig) -> dict:
             sections=sections,
         ),
     )
+    write_ensemble_record(cfg, members)
     storage.write_csv(sub, submission_path(run_dir))  # last: marks finalize complete
     summary = {
         "submission": submission_path(run_dir),

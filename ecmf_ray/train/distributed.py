@@ -33,6 +33,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
+from ecmf_ray.freshness import changed_keys, data_digest, read_record, stale_reason
 from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import FeatureSet, label_table_digest, load_feature_set, read_label_table
@@ -57,9 +58,10 @@ SCHEDULING_KEYS = (
 
 
 def experiment_fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """What decides an experiment's results: seed, model section, train section minus scheduling.
+    """What decides an experiment's results: seed, model section, train section minus scheduling, data.
 
-    ``train.labels`` is recorded by content, so a moved or rewritten label table is told apart.
+    ``train.labels`` is recorded by content, so a moved or rewritten label table is told apart; ``data``
+    is the manifest's and the feature spec's hash, so features extracted again differently are too.
     """
     train = OmegaConf.to_container(cfg.train, resolve=True)
     if train["labels"]:
@@ -68,7 +70,17 @@ def experiment_fingerprint(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "train": {k: v for k, v in train.items() if k not in SCHEDULING_KEYS},
+        "data": data_digest(str(cfg.run_dir)),
     }
+
+
+def current(cfg: DictConfig) -> str | None:
+    """None when ``train/<train.experiment>/`` is finished and was trained with this config on this data."""
+    exp_dir = experiment_dir(str(cfg.run_dir), str(cfg.train.experiment))
+    if not storage.exists(storage.join(exp_dir, "metrics.json")):
+        return f"{exp_dir} is not finished"
+    recorded = read_record(storage.join(exp_dir, "experiment.json"))
+    return stale_reason(exp_dir, recorded, experiment_fingerprint(cfg))
 
 
 def claim_experiment(exp_dir: str, fingerprint: dict[str, Any]) -> None:
@@ -77,9 +89,10 @@ def claim_experiment(exp_dir: str, fingerprint: dict[str, Any]) -> None:
     if storage.exists(uri):
         previous = json.loads(storage.read_text(uri))
         if previous != fingerprint:
+            changed = ", ".join(changed_keys(previous, fingerprint))
             raise ValueError(
-                f"{exp_dir} holds an experiment with a different config; "
-                "set another train.experiment, or delete that folder to start over"
+                f"{exp_dir} holds an experiment with a different config (changed: {changed}; 'data' is the "
+                "manifest and features); set another train.experiment, or delete that folder to start over"
             )
         return
     storage.write_text(uri, json.dumps(fingerprint, indent=1, sort_keys=True))

@@ -42,10 +42,11 @@ from omegaconf import DictConfig, OmegaConf
 from ecmf_ray import storage
 from ecmf_ray.config import to_yaml
 from ecmf_ray.features import feature_matrix
+from ecmf_ray.freshness import read_record, stale_reason, write_record
 from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import FeatureSet, align_branch, load_feature_set
-from ecmf_ray.train.distributed import run_config_storage
+from ecmf_ray.train.distributed import experiment_fingerprint, run_config_storage
 from ecmf_ray.train.loop import FoldRun, set_torch_threads, step_folds
 from ecmf_ray.train.search_space import (
     AUDIO_KEY,
@@ -71,6 +72,26 @@ AudioFeatures = tuple[np.ndarray, np.ndarray]
 
 def tune_dir(run_dir: str) -> str:
     return storage.join(run_dir, "tune")
+
+
+def record_path(run_dir: str) -> str:
+    return storage.join(tune_dir(run_dir), "search.json")
+
+
+def search_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What decides a search's outcome: the tune settings (resources and resume aside) and the base experiment."""
+    tune_cfg = OmegaConf.to_container(cfg.tune, resolve=True)
+    operational = ("resume", "max_concurrent_trials", "cpus_per_trial", "gpus_per_trial", "checkpoint_every")
+    base = experiment_fingerprint(cfg)
+    base["train"].pop("experiment")
+    return {"tune": {k: v for k, v in tune_cfg.items() if k not in operational}, "base": base}
+
+
+def current(cfg: DictConfig) -> str | None:
+    """None when ``tune/best.yaml`` exists and came from a search with the current settings; else why not."""
+    if not storage.exists(storage.join(tune_dir(str(cfg.run_dir)), "best.yaml")):
+        return "no tune/best.yaml yet"
+    return stale_reason("tune/", read_record(record_path(str(cfg.run_dir))), search_settings(cfg))
 
 
 def load_audio_features(video_ids: np.ndarray, uri: str) -> AudioFeatures:
@@ -326,6 +347,11 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
     )
 
     fs, experiment_path = _experiment_location(ray_dir)
+    settings = search_settings(cfg)
+    recorded = read_record(record_path(run_dir))
+    if recorded is not None and (reason := stale_reason(out_dir, recorded, settings)):
+        raise ValueError(f"{reason}; delete {out_dir} to search again, or use a new run_dir")
+    write_record(record_path(run_dir), settings)
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
         if not cfg.tune.resume:
             raise ValueError(

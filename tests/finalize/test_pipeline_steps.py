@@ -1,12 +1,53 @@
-"""The pipeline's step selection and completion checks (no Ray: every step here is already complete)."""
+"""The pipeline's steps: which run, each step's "done and current" check, and what a changed setting does.
+
+Runs are marked as prepared and extracted the way those steps record it, so most tests need no Ray.
+"""
+
+import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from fake_features import small_config, write_fake_run
+from pipeline_records import mark_extracted, mark_prepared
 
 from ecmf_ray import storage
+from ecmf_ray.data.manifest import manifest_path, read_manifest
+from ecmf_ray.data.prepare import run_prepare
+from ecmf_ray.data.synth import synthesize
 from ecmf_ray.extract.store import shards_dir
-from ecmf_ray.pipeline import enabled_steps, is_complete, run_pipeline, with_best_trial
+from ecmf_ray.finalize.experiments import with_labels
+from ecmf_ray.pipeline import enabled_steps, reason_to_run, run_pipeline, with_best_trial
+from ecmf_ray.train.distributed import experiment_fingerprint
+
+
+def mark_trained(cfg) -> None:
+    exp = Path(cfg.run_dir, "train", str(cfg.train.experiment))
+    exp.mkdir(parents=True, exist_ok=True)
+    (exp / "experiment.json").write_text(json.dumps(experiment_fingerprint(cfg)))
+    (exp / "metrics.json").write_text("{}")
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A fake feature run that prepare, extract and train have finished."""
+    cfg = small_config(str(tmp_path), "extract.branches=[audio,text]", "model.branches=[audio,text]")
+    manifest = write_fake_run(cfg.run_dir, n_train=30, n_test=6)
+    mark_prepared(cfg)
+    mark_extracted(cfg, manifest)
+    mark_trained(cfg)
+    return cfg
+
+
+@pytest.fixture
+def mer_run(tmp_path):
+    """A real MER2025-layout dataset that `prepare` reads, with extraction marked as finished."""
+    root = str(tmp_path / "mer")
+    synthesize(root, 6, duration_s=0.5, width=64, height=48)
+    cfg = small_config(str(tmp_path / "run"), "dataset.format=mer2025", f"dataset.root={root}")
+    run_prepare(cfg)
+    mark_extracted(cfg, read_manifest(manifest_path(cfg.run_dir)))
+    return cfg
 
 
 def test_enabled_steps(tmp_path):
@@ -16,28 +57,88 @@ def test_enabled_steps(tmp_path):
     assert enabled_steps(cfg) == ["prepare", "enrich", "extract", "train", "tune", "finalize"]
 
 
-def test_completion_and_skipping(tmp_path):
-    run_dir = str(tmp_path)
-    cfg = small_config(run_dir, "extract.branches=[audio,text]")
-    manifest = write_fake_run(run_dir, n_train=30, n_test=6)
-    assert is_complete(cfg, "prepare")
-    assert not is_complete(cfg, "extract")  # features, but no record that every video went through
-    shard = pd.DataFrame({"video_id": manifest["video_id"][:-1]})
-    storage.write_table(shard, storage.join(shards_dir(run_dir), "a.parquet"))
-    assert not is_complete(cfg, "extract")
-    storage.write_table(manifest[["video_id"]][-1:], storage.join(shards_dir(run_dir), "b.parquet"))
-    assert is_complete(cfg, "extract")
+def test_done_and_current(fake_run):
+    cfg = fake_run
+    for step in ("prepare", "extract", "train"):
+        assert reason_to_run(cfg, step) is None, step
+    assert reason_to_run(cfg, "finalize") == "no final/submission.csv yet"
 
-    assert not is_complete(cfg, "train")
-    storage.write_text(storage.join(run_dir, "train", str(cfg.train.experiment), "metrics.json"), "{}")
-    assert is_complete(cfg, "train")
-    assert not is_complete(cfg, "finalize")
-    storage.write_text(storage.join(run_dir, "final", "submission.csv"), "name,discrete\n")
-    assert run_pipeline(cfg) == dict.fromkeys(["prepare", "extract", "train", "finalize"], "complete")
+    # Features with a shard missing are unfinished, not current.
+    storage.write_table(
+        read_manifest(manifest_path(cfg.run_dir))[["video_id"]][:-1],
+        storage.join(shards_dir(cfg.run_dir), "all.parquet"),
+    )
+    assert reason_to_run(cfg, "extract") == "1 of 36 videos not extracted yet"
 
     cfg.pipeline.force = ["extrct"]
     with pytest.raises(ValueError, match="extrct"):
         run_pipeline(cfg)
+
+
+def test_changed_hubert_layers_refuse_the_old_features(fake_run):
+    cfg = fake_run.copy()
+    cfg.extract.hubert.layers = [1, 2]
+    assert "audio.layers" in reason_to_run(cfg, "extract")
+    with pytest.raises(ValueError, match=r"differs in: audio.*delete .*features"):
+        run_pipeline(cfg)
+    # Nothing downstream ran on the old features.
+    assert not Path(cfg.run_dir, "final").exists()
+
+
+def test_enrich_turned_on_reruns_enrich_and_refuses_the_old_text_features(fake_run, capsys):
+    cfg = fake_run.copy()
+    ids = read_manifest(manifest_path(cfg.run_dir))["video_id"]
+    answers = Path(cfg.run_dir, "llm.csv")
+    pd.DataFrame({"name": ids, "label": "happy", "keywords": "笑", "description": "开心"}).to_csv(
+        answers, index=False
+    )
+    cfg.enrich.enabled, cfg.enrich.backend, cfg.enrich.path = True, "precomputed", str(answers)
+    assert reason_to_run(cfg, "enrich") == "no enrich/enrichment.parquet yet"
+    with pytest.raises(ValueError, match=r"differs in: text.*delete .*features"):
+        run_pipeline(cfg)
+    assert "pipeline: running enrich: no enrich/enrichment.parquet yet" in capsys.readouterr().out
+    assert reason_to_run(cfg, "enrich") is None
+    cfg.enrich.use_keywords = False  # the enriched text changes too: extract stays refused
+    assert "text.use_keywords" in reason_to_run(cfg, "extract")
+
+
+def test_changed_train_config_refuses_to_reuse_the_experiment(fake_run):
+    cfg = fake_run.copy()
+    cfg.train.lr = 0.5
+    assert "changed: train.lr" in reason_to_run(cfg, "train")
+    with pytest.raises(ValueError, match=r"changed: train.lr.*set another train.experiment, or delete"):
+        run_pipeline(cfg)
+    assert not Path(cfg.run_dir, "final").exists()
+    # The same holds when the data under the experiment changed (here: the manifest's labels).
+    cfg = fake_run.copy()
+    manifest = read_manifest(manifest_path(cfg.run_dir))
+    manifest.loc[0, "label"] = "sad" if manifest.loc[0, "label"] != "sad" else "happy"
+    manifest.to_parquet(manifest_path(cfg.run_dir))
+    assert "changed: data" in reason_to_run(cfg, "train")
+
+
+def test_changed_dataset_settings_rerun_prepare_and_refuse_stale_text_features(mer_run, capsys):
+    cfg = mer_run.copy()
+    assert reason_to_run(cfg, "prepare") is None and reason_to_run(cfg, "extract") is None
+    cfg.dataset.text_column = "english"
+    assert "dataset.text_column" in reason_to_run(cfg, "prepare")
+    with pytest.raises(ValueError, match=r"6 videos .* another video file or text .*delete .*features"):
+        run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert "pipeline: running prepare: manifest.parquet was made with other settings" in out
+    assert "pipeline: running extract: 6 extracted videos have another video file or text now" in out
+    assert reason_to_run(cfg, "prepare") is None  # the manifest now has the English text
+
+
+def test_finalize_labels_equal_to_the_manifest_are_the_manifest(fake_run):
+    cfg = fake_run
+    manifest = read_manifest(manifest_path(cfg.run_dir))
+    train = manifest[manifest["split"].eq("train")]
+    same = pd.Series(train["label"].to_numpy(), index=train["video_id"].to_numpy())
+    assert with_labels(cfg, same).train.labels is None
+    other = same.copy()
+    other.iloc[0] = "sad" if other.iloc[0] != "sad" else "happy"
+    assert with_labels(cfg, other).train.labels.endswith(".parquet")
 
 
 def test_best_trial_feeds_finalize(tmp_path):
@@ -48,3 +149,35 @@ def test_best_trial_feeds_finalize(tmp_path):
     )
     tuned = with_best_trial(cfg)
     assert (tuned.model.hidden, tuned.train.lr, tuned.train.experiment) == (64, 0.01, cfg.train.experiment)
+
+
+def test_pipeline_trains_the_base_config_once(ray_cluster, tmp_path):
+    cfg = small_config(
+        str(tmp_path),
+        "extract.branches=[audio,text]",
+        "model.branches=[audio,text]",
+        "train.folds=2",
+        "train.max_epochs=4",
+        "finalize.relabel.enabled=false",
+        "finalize.ensemble=[{name: ecmf}, {name: seed1, overrides: [seed=1]}]",
+        "finalize.ablation=[]",
+    )
+    manifest = write_fake_run(cfg.run_dir, n_train=48, n_test=6)
+    mark_prepared(cfg)
+    mark_extracted(cfg, manifest)
+    steps = run_pipeline(cfg)
+    assert [s for s, r in steps.items() if r == "complete"] == ["prepare", "extract"]
+    # finalize's ecmf member is the pipeline's own train/ecmf; only the seed1 member trained anew.
+    trained = sorted(p.name for p in Path(cfg.run_dir, "train").iterdir())
+    assert trained[0] == "ecmf" and len(trained) == 2 and trained[1].startswith("final-")
+    members = json.loads(Path(cfg.run_dir, "final", "ensemble.json").read_text())["members"]
+    assert [(m["name"], Path(m["experiment_dir"]).name) for m in members] == [
+        ("ecmf", "ecmf"),
+        ("seed1", trained[1]),
+    ]
+
+    assert run_pipeline(cfg) == dict.fromkeys(["prepare", "extract", "train", "finalize"], "complete")
+    cfg.finalize.ensemble = [{"name": "ecmf"}]  # finalize's inputs changed: it runs again, training nothing
+    assert "finalize.ensemble" in reason_to_run(cfg, "finalize")
+    assert run_pipeline(cfg)["finalize"]["members"] == {"ecmf": members[0]["cv_waf"]}
+    assert sorted(p.name for p in Path(cfg.run_dir, "train").iterdir()) == trained

@@ -5,17 +5,14 @@ from pathlib import Path
 
 import yaml
 from fake_features import small_config, write_fake_run
+from pipeline_records import mark_extracted, mark_prepared
 
-from ecmf_ray import storage
-from ecmf_ray.extract.store import shards_dir
 from ecmf_ray.pipeline import run_pipeline
 
 
 def test_finalize_trains_the_tuned_config(ray_cluster, tmp_path):
     run_dir = str(tmp_path)
     manifest = write_fake_run(run_dir, n_train=60, n_test=8)
-    # Record extraction as complete, so the pipeline starts at train.
-    storage.write_table(manifest[["video_id"]], storage.join(shards_dir(run_dir), "all.parquet"))
     cfg = small_config(
         run_dir,
         "extract.branches=[audio,text]",
@@ -33,6 +30,9 @@ def test_finalize_trains_the_tuned_config(ray_cluster, tmp_path):
         "finalize.ensemble=[{name: ecmf}]",
         "finalize.ablation=[]",
     )
+    # Record prepare and extract as done, so the pipeline starts at train.
+    mark_prepared(cfg)
+    mark_extracted(cfg, manifest)
     steps = run_pipeline(cfg)
     assert [s for s, r in steps.items() if r == "complete"] == ["prepare", "extract"]
     assert list(steps) == ["prepare", "extract", "train", "tune", "finalize"]
