@@ -160,17 +160,21 @@ def aws_head(tmp_path_factory: pytest.TempPathFactory, laptop_home: Path, auth_t
         yield Head(address, client_env(laptop_home, auth_token))
 
 
+# What `ray job submit` says while the head's dashboard or job agent is still coming up.
+_HEAD_STARTING = ("No available agent", "Connection refused", "Remote end closed connection")
+
+
 def submit(
     head: Head, *args: str, env: Mapping[str, str] | None = None, timeout: float = 1800
 ) -> subprocess.CompletedProcess:
     """`ray job submit ARGS` from the repository root against ``head`` (RAY_ADDRESS set, as the README
-    says), retrying while the head's job agent is still starting."""
+    says), retrying while the head is still starting."""
     env = {**(head.client_env if env is None else env), "RAY_ADDRESS": head.address}
     command = [RAY, "job", "submit", *args]
     deadline = time.monotonic() + timeout
     while True:
         result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        starting = "No available agent" in result.stderr or "Connection refused" in result.stderr
+        starting = any(sign in result.stderr for sign in _HEAD_STARTING)
         if result.returncode == 0 or not starting or time.monotonic() > deadline:
             return result
         time.sleep(2)
