@@ -195,6 +195,12 @@ class ClipFeatures:
         return self._branches[branch]
 
 
+def branch_matrix(branch: tuple[np.ndarray, np.ndarray], dim: int) -> np.ndarray:
+    """A branch's ``(N, dim)`` features; zeros when no clip has it (its feature table is empty)."""
+    x, present = branch
+    return x if present.any() else np.zeros((len(present), dim), np.float32)
+
+
 @torch.no_grad()
 def member_probabilities(exp_dir: str, inputs: ClipFeatures) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, classes), usable (N,))``: the mean over the member's fold models, and which
@@ -207,8 +213,10 @@ def member_probabilities(exp_dir: str, inputs: ClipFeatures) -> tuple[np.ndarray
         branches = list(meta["branches"])
         present = np.stack([inputs[b][1] for b in branches], axis=1)
         features = [
-            torch.from_numpy(apply_standardizer(inputs[b][0], *standardizers[b], present[:, i]))
-            for i, b in enumerate(branches)
+            torch.from_numpy(
+                apply_standardizer(branch_matrix(inputs[b], dim), *standardizers[b], present[:, i])
+            )
+            for i, (b, dim) in enumerate(zip(branches, meta["dims"], strict=True))
         ]
         usable = present.any(axis=1)
         probs = torch.softmax(model(features, torch.from_numpy(present)), dim=1).numpy().astype(np.float64)
