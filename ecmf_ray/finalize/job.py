@@ -16,6 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from ecmf_ray import storage
+from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
 from ecmf_ray.finalize.experiments import run_variant, with_overrides
 from ecmf_ray.finalize.pseudo import self_train
@@ -82,7 +83,8 @@ def run_finalize(cfg: DictConfig) -> dict:
 
     storage.write_table(ensemble.oof, storage.join(out_dir, "ensemble_oof.parquet"))
     storage.write_table(ensemble.test, storage.join(out_dir, "ensemble_test.parquet"))
-    sub = submission(ensemble.test)
+    manifest = read_manifest(manifest_path(run_dir))
+    sub = submission(ensemble.test, manifest.loc[manifest["split"].eq("test"), "video_id"].tolist())
     report = write_report(
         out_dir,
         ReportInputs(
