@@ -15,7 +15,7 @@ from ecmf_ray.data.prepare import run_prepare
 from ecmf_ray.data.synth import synthesize
 from ecmf_ray.extract import store
 from ecmf_ray.extract.pipeline import run_extract
-from ecmf_ray.train.data import load_feature_set
+from ecmf_ray.train.data import align_branch
 
 N, CANDIDATES, EXTRA = 3, 3, 2
 
@@ -99,11 +99,12 @@ def test_extract_with_openface_faces(ray_cluster, release, tmp_path, model_cache
     spec = json.loads(storage.read_text(store.spec_path(run_dir)))
     assert spec["face"]["faces"]["source"] == "openface"
 
-    # The candidate without a video is still predicted: from its text, the one branch it has.
-    data = load_feature_set(run_dir, list(features.BRANCHES), n_folds=2, seed=0)
-    row = list(data.video_ids).index(release.no_video)
-    assert row in data.predict_rows().tolist()
-    assert data.present[row].tolist() == [False, False, False, True]
+    # The candidate without a video is still a test row (training predicts every one), with its text.
+    manifest = read_manifest(storage.join(run_dir, "manifest.parquet")).set_index("video_id")
+    assert manifest.loc[release.no_video, "split"] == "test"
+    ids = pd.Index([release.no_video])
+    present = [bool(align_branch(ids, *features.load_branch(run_dir, b))[1][0]) for b in features.BRANCHES]
+    assert present == [False, False, False, True]
 
 
 def test_missing_face_file_falls_back_to_detection(ray_cluster, release, tmp_path, model_cache: str) -> None:
