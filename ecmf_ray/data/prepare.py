@@ -63,7 +63,7 @@ def describe_import(counts: dict[str, int], ds: DictConfig) -> list[str]:
         return []
     lines = [f"labelled: {counts['labelled']} in {ds.labels_file} (train)"]
     if "candidates" not in counts:
-        lines.append(f"no {ds.candidates_file}: every unlabelled clip in {ds.video_dir}/ is a test candidate")
+        lines.append(f"no candidates file ({ds.candidates_file}): every unlabelled clip is a test candidate")
         return lines
     lines.append(
         f"candidates: {counts['candidates']} in {ds.candidates_file} (test); "

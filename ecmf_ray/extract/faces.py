@@ -52,6 +52,18 @@ class BadFaceFile(ValueError):
     """An OpenFace face file that is unreadable or not uint8 frames ``(n, H, W, 3)``."""
 
 
+def face_source(cfg_faces: Any) -> tuple[str, str]:
+    """``(source, openface_missing)`` from ``extract.faces``, checked."""
+    source, missing = str(cfg_faces.source), str(cfg_faces.openface_missing)
+    if source not in FACE_SOURCES:
+        raise ValueError(f"extract.faces.source must be one of {FACE_SOURCES}, not {source!r}")
+    if missing not in OPENFACE_MISSING_POLICIES:
+        raise ValueError(
+            f"extract.faces.openface_missing must be one of {OPENFACE_MISSING_POLICIES}, not {missing!r}"
+        )
+    return source, missing
+
+
 def openface_path(video_path: str, openface_dir: str | None) -> str:
     """``<openface_dir>/NAME/NAME.npy`` for ``.../video/NAME.mp4``; by default ``openface_face/`` beside ``video/``."""
     name = os.path.splitext(os.path.basename(video_path.rstrip("/")))[0]

@@ -53,13 +53,7 @@ def decode_clip(path: str, cfg: Any) -> ClipMedia:
 def _add_openface_faces(media: ClipMedia, video_path: str, e: Any) -> bool:
     """With ``faces.source=openface``: crops from the clip's face file. False: detect in the frames instead."""
     cfg_faces = e.faces
-    source, missing = str(cfg_faces.source), str(cfg_faces.openface_missing)
-    if source not in faces.FACE_SOURCES:
-        raise ValueError(f"extract.faces.source must be one of {faces.FACE_SOURCES}, not {source!r}")
-    if missing not in faces.OPENFACE_MISSING_POLICIES:
-        raise ValueError(
-            f"extract.faces.openface_missing must be one of {faces.OPENFACE_MISSING_POLICIES}, not {missing!r}"
-        )
+    source, missing = faces.face_source(cfg_faces)
     if source != "openface":
         return False
     path = faces.openface_path(video_path, cfg_faces.openface_dir)

@@ -141,6 +141,12 @@ def test_malformed_face_file_is_a_row_error(release, tmp_path) -> None:
 
 
 def test_the_spec_records_the_face_source(tmp_path) -> None:
+    with pytest.raises(ValueError, match="extract.faces.source must be one of"):
+        store.feature_spec(extract_config(str(tmp_path), str(tmp_path), "extract.faces.source=mtcnn"))
+    with pytest.raises(ValueError, match="extract.faces.openface_missing must be one of"):
+        store.feature_spec(
+            extract_config(str(tmp_path), str(tmp_path), "extract.faces.openface_missing=skip")
+        )
     openface = store.feature_spec(
         extract_config(str(tmp_path), str(tmp_path), "extract.faces.source=openface")
     )
