@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--label-noise", type=float, default=0.0, help="fraction of labels flipped")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=1, help="encoding processes")
+    synth.add_argument(
+        "--release-layout",
+        action="store_true",
+        help="the real release's layout: track_all_candidates.csv, audio/NAME.wav, openface_face/NAME/NAME.npy "
+        "(one candidate without a video, one without its face file); --candidates and --extra replace --unlabeled",
+    )
+    synth.add_argument(
+        "--candidates", type=int, default=20, help="release layout: unlabelled clips to predict"
+    )
+    synth.add_argument("--extra", type=int, default=10, help="release layout: unlabelled clips not listed")
 
     for name, (_, _, help_text) in JOBS.items():
         add_config_arguments(sub.add_parser(name, help=help_text))
@@ -56,13 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.job == "synth":
             from ecmf_ray.data.synth import synthesize
 
+            if args.release_layout and args.unlabeled:
+                raise UsageError("--release-layout takes --candidates and --extra, not --unlabeled")
+            layout = (
+                {
+                    "unlabeled": args.candidates + args.extra,
+                    "release_layout": True,
+                    "candidates": args.candidates,
+                }
+                if args.release_layout
+                else {"unlabeled": args.unlabeled}
+            )
             summary = synthesize(
                 args.out,
                 args.n,
-                unlabeled=args.unlabeled,
                 label_noise=args.label_noise,
                 seed=args.seed,
                 workers=args.workers,
+                **layout,
             )
             print(summary)
             return 0

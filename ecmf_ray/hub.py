@@ -4,6 +4,11 @@ Every reference resolves to something ``from_pretrained`` takes (a local folder 
 tiny weights go through the very same loading code. Remote folders and tiny models are materialised once
 per node under ``cache_dir``: built in a temporary sibling folder, then renamed into place under a file
 lock, so several Ray actors starting together on one node do the work once and never see half a folder.
+
+Weights load from ``model.safetensors`` when a model has one, else from ``pytorch_model.bin`` in place:
+the default HuBERT and RoBERTa repos publish only the latter. A ``.bin`` is a pickle, so it is read with
+``torch.load(weights_only=True)`` only (torch >= 2.6): tensors and plain containers, never an arbitrary
+object, so a tampered checkpoint is refused instead of running code. No conversion step is needed.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # torch's RNG is process-global: serialise seeded builds so threads cannot interleave draws.
 _BUILD_LOCK = threading.Lock()
+# When a hub repo has only a .bin, transformers starts a background thread that asks the Hub's converter
+# bot to open a safetensors pull request: from every actor, on every load. Loading needs none of that.
+_NO_AUTO_CONVERSION = "DISABLE_SAFETENSORS_CONVERSION"
 
 # Architecture sizes. "real" mirrors the released checkpoints; "tiny" keeps the same classes, small.
 _CLIP_VISION = {
@@ -170,8 +178,8 @@ def load_clip(
 
     path = resolve_model_ref(ref, cache_dir)
     with _quiet_load_report():
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
-            path, dtype=torch_dtype(dtype), use_safetensors=True, output_loading_info=True
+        model, info = _from_pretrained(
+            CLIPVisionModelWithProjection, path, dtype=torch_dtype(dtype), output_loading_info=True
         )
     if info["missing_keys"]:
         raise ValueError(f"{ref!r} lacks CLIP vision weights, e.g. {sorted(info['missing_keys'])[:3]}")
@@ -187,7 +195,7 @@ def load_hubert(
     from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
     path = resolve_model_ref(ref, cache_dir)
-    model = HubertModel.from_pretrained(path, dtype=torch_dtype(dtype), use_safetensors=True)
+    model = _from_pretrained(HubertModel, path, dtype=torch_dtype(dtype))
     return _ready(model, device), Wav2Vec2FeatureExtractor.from_pretrained(path)
 
 
@@ -197,8 +205,18 @@ def load_roberta(
     from transformers import AutoTokenizer, BertModel
 
     path = resolve_model_ref(ref, cache_dir)
-    model = BertModel.from_pretrained(path, dtype=torch_dtype(dtype), use_safetensors=True)
+    # hfl's checkpoint is a BertForMaskedLM: the body loads from its ``bert.`` weights, the MLM head goes unused.
+    with _quiet_load_report():
+        model = _from_pretrained(BertModel, path, dtype=torch_dtype(dtype))
     return _ready(model, device), AutoTokenizer.from_pretrained(path)
+
+
+def _from_pretrained(model_class: type[_M], path: str, **kwargs: Any) -> Any:
+    """``model_class.from_pretrained`` from safetensors, or a ``.bin`` read with ``weights_only=True`` only."""
+    os.environ.setdefault(_NO_AUTO_CONVERSION, "1")
+    # use_safetensors=None: safetensors when the model has them, else the .bin. weights_only is
+    # transformers' default already; it is passed so that no version's default can unpickle objects.
+    return model_class.from_pretrained(path, use_safetensors=None, weights_only=True, **kwargs)
 
 
 def build_model_from_config(kind: str, size: str = "real") -> PreTrainedModel:

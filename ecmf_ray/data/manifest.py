@@ -37,10 +37,15 @@ class ManifestError(ValueError):
 
 @dataclass
 class PrepareResult:
-    """A validated manifest and the rows that had problems (``name, problem, source``)."""
+    """A validated manifest, the rows that had problems (``name, problem, source``) and import counts.
+
+    ``counts`` holds what the importer saw beyond the manifest's own splits (e.g. candidates listed,
+    candidates without a video, extra unlabelled clips left out), for the printed summary.
+    """
 
     manifest: pd.DataFrame
     issues: list[dict[str, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def issues_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.issues, columns=ISSUE_COLUMNS)
@@ -86,11 +91,21 @@ def existing_files(paths: list[str]) -> set[str]:
     return found
 
 
-def finalise(rows: pd.DataFrame, issues: list[dict[str, str]], source: str) -> PrepareResult:
+def finalise(
+    rows: pd.DataFrame,
+    issues: list[dict[str, str]],
+    source: str,
+    *,
+    keep_missing_video: tuple[str, ...] = (),
+    split_sources: dict[str, str] | None = None,
+) -> PrepareResult:
     """Validate rows that already carry every manifest column; problem rows go to ``issues``.
 
     Kept as-is: valid rows. Kept, with an issue: a label outside the six classes (the video is still
-    usable, as unlabeled). Dropped, with an issue: a repeated id (the first wins) and a missing video.
+    usable, as unlabeled), and a missing video in a split of ``keep_missing_video`` (a MER2025 candidate
+    must still be predicted: its text, or the all-missing path, gives it a label). Dropped, with an
+    issue: a repeated id (the first wins) and any other missing video. ``split_sources`` names the file
+    a split's rows came from, for their missing-video issues (default: ``source``).
     """
     rows = rows.copy()
     rows["label"] = rows["label"].map(normalise_label)
@@ -120,9 +135,13 @@ def finalise(rows: pd.DataFrame, issues: list[dict[str, str]], source: str) -> P
 
     present = existing_files(rows["video_path"].tolist())
     missing = ~rows["video_path"].isin(present)
-    for name, path in rows.loc[missing, ["video_id", "video_path"]].itertuples(index=False):
-        issues.append({"name": name, "problem": f"video file not found: {path}", "source": source})
-    rows = rows[~missing]
+    kept = missing & rows["split"].isin(keep_missing_video)
+    for name, path, split in rows.loc[missing, ["video_id", "video_path", "split"]].itertuples(index=False):
+        problem = f"video file not found: {path}"
+        if split in keep_missing_video:
+            problem += f"; kept in {split} (its visual and audio features will be missing)"
+        issues.append({"name": name, "problem": problem, "source": (split_sources or {}).get(split, source)})
+    rows = rows[~missing | kept]
 
     # A train row without a label cannot be trained on; it still gets features, as unlabeled.
     rows.loc[rows["split"].eq("train") & rows["label"].isna(), "split"] = "unlabeled"

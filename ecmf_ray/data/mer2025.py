@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
 import pandas as pd
 
 from ecmf_ray import storage
@@ -63,16 +64,67 @@ def list_videos(video_dir: str, extensions: list[str]) -> dict[str, str]:
     return videos
 
 
+def parse_unlabeled(value: object) -> int | None:
+    """``dataset.unlabeled`` as how many extra clips to include: 0 (``none``), None (``all``) or a count."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "all"):
+        return 0 if value.strip().lower() == "none" else None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ManifestError(f"dataset.unlabeled must be none, all or a number of clips, not {value!r}")
+    try:
+        count = int(value)
+    except ValueError:
+        raise ManifestError(
+            f"dataset.unlabeled must be none, all or a number of clips, not {value!r}"
+        ) from None
+    if count < 0:
+        raise ManifestError(f"dataset.unlabeled must be >= 0, not {count}")
+    return count
+
+
+def sample_extras(names: list[str], unlabeled: object, seed: int) -> list[str]:
+    """The extra (neither labelled nor candidate) clips to include: none, all, or a seeded sample of N."""
+    count = parse_unlabeled(unlabeled)
+    ordered = sorted(names)
+    if count is None or count >= len(ordered):
+        return ordered
+    picked = np.random.default_rng(seed).choice(len(ordered), size=count, replace=False)
+    return sorted(ordered[i] for i in picked)
+
+
+def read_candidates(uri: str, issues: list[dict[str, str]]) -> list[str]:
+    """The ``name`` column of ``track_all_candidates.csv``, each once, in file order."""
+    table = read_csv_text(uri, issues)
+    require_columns(table, ["name"], uri)
+    names = table["name"].str.strip()
+    source = os.path.basename(uri)
+    for row in names[names.eq("")].index:
+        issues.append({"name": "", "problem": f"empty name in data row {row + 1}; skipped", "source": source})
+    names = names[names.ne("")]
+    for name in names[names.duplicated(keep="first")]:
+        issues.append({"name": name, "problem": "duplicate candidate; listed once", "source": source})
+    return names.drop_duplicates().tolist()
+
+
 def import_mer2025(
     root: str,
     *,
     video_dir: str = "video",
     labels_file: str = "track1_train_disdim.csv",
+    candidates_file: str | None = "track_all_candidates.csv",
     subtitles_file: str = "subtitle_chieng.csv",
     text_column: str = "chinese",
     video_extensions: tuple[str, ...] | list[str] = (".mp4", ".avi"),
+    unlabeled: object = "none",
+    seed: int = 0,
 ) -> PrepareResult:
-    """The MER2025 release layout: labelled names go to train, every other clip to test."""
+    """The MER2025 release layout as a manifest.
+
+    Labelled names go to ``train``. When ``candidates_file`` exists (the real release's
+    ``track_all_candidates.csv``), ``test`` is exactly its names (the clips to predict), a candidate
+    without a video included; the other clips are extras, left out unless ``unlabeled`` asks for them
+    (``all`` or a seeded sample of N) as split ``unlabeled``, for self-training. Without that file
+    every unlabelled clip is a test candidate.
+    """
     issues: list[dict[str, str]] = []
     labels_uri = storage.join(root, labels_file)
     subtitles_uri = storage.join(root, subtitles_file)
@@ -90,6 +142,7 @@ def import_mer2025(
             {"name": name, "problem": "duplicate name; the first row is kept", "source": labels_file}
         )
     labels = labels[~repeated]
+    labelled = set(labels["name"])
     subtitles = subtitles.assign(name=subtitles["name"].str.strip()).drop_duplicates("name", keep="first")
     text_by_name = dict(zip(subtitles["name"], subtitles[text_column], strict=True))
     valence = (
@@ -98,37 +151,65 @@ def import_mer2025(
         else pd.Series(float("nan"), index=labels.index)
     )
 
-    rows = pd.DataFrame(
-        {
-            "video_id": labels["name"],
-            # A name with no clip gets its expected path; finalise() reports it as missing.
-            "video_path": labels["name"].map(
-                lambda n: videos.get(n, storage.join(root, video_dir, f"{n}.mp4"))
-            ),
-            "label": labels["discrete"].map(normalise_label),
-            "split": "train",
-            "valence": valence,
-        }
-    )
-    unlabelled = sorted(set(videos) - set(rows["video_id"]))
+    counts: dict[str, int] = {"labelled": len(labels)}
+    candidates_uri = storage.join(root, candidates_file) if candidates_file else None
+    if candidates_uri and storage.exists(candidates_uri):
+        candidates = read_candidates(candidates_uri, issues)
+        # The baseline trains on every labelled clip; a labelled candidate stays a training video.
+        for name in (n for n in candidates if n in labelled):
+            issues.append(
+                {
+                    "name": name,
+                    "problem": "a labelled clip is also a candidate; kept in train (not in the submission)",
+                    "source": candidates_file,
+                }
+            )
+        test = [n for n in candidates if n not in labelled]
+        extras = sorted(set(videos) - labelled - set(candidates))
+        included = sample_extras(extras, unlabeled, seed)
+        counts.update(
+            candidates=len(candidates),
+            candidates_labelled=len(candidates) - len(test),
+            candidates_missing_video=sum(n not in videos for n in test),
+            extra_clips=len(extras),
+            extra_included=len(included),
+        )
+    else:
+        test, included = sorted(set(videos) - labelled), []
+
+    def expected_path(name: str) -> str:
+        # A name with no clip gets its expected path; finalise() reports it as missing.
+        return videos.get(name, storage.join(root, video_dir, f"{name}.mp4"))
+
     rows = pd.concat(
         [
-            rows,
             pd.DataFrame(
                 {
-                    "video_id": unlabelled,
-                    "video_path": [videos[n] for n in unlabelled],
-                    "label": None,
-                    "split": "test",
-                    "valence": float("nan"),
+                    "video_id": labels["name"],
+                    "label": labels["discrete"].map(normalise_label),
+                    "split": "train",
+                    "valence": valence,
                 }
+            ),
+            pd.DataFrame({"video_id": test, "label": None, "split": "test", "valence": float("nan")}),
+            pd.DataFrame(
+                {"video_id": included, "label": None, "split": "unlabeled", "valence": float("nan")}
             ),
         ],
         ignore_index=True,
     )
+    rows["video_path"] = rows["video_id"].map(expected_path)
     # A clip with no subtitle row has empty text: ASR found no speech, which is not an error.
     rows["text"] = rows["video_id"].map(lambda n: text_by_name.get(n, "")).fillna("")
-    return finalise(rows[list(SCHEMA.names)], issues, labels_file)
+    result = finalise(
+        rows[list(SCHEMA.names)],
+        issues,
+        labels_file,
+        keep_missing_video=("test",),
+        split_sources={"test": candidates_file} if candidates_file else None,
+    )
+    result.counts = counts
+    return result
 
 
 def import_manifest(uri: str) -> PrepareResult:

@@ -40,9 +40,12 @@ def run_prepare(cfg: DictConfig) -> dict:
             str(ds.root),
             video_dir=ds.video_dir,
             labels_file=ds.labels_file,
+            candidates_file=ds.candidates_file,
             subtitles_file=ds.subtitles_file,
             text_column=ds.text_column,
             video_extensions=list(ds.video_extensions),
+            unlabeled=ds.unlabeled,
+            seed=int(cfg.seed),
         )
     elif ds.format == "manifest":
         if not ds.manifest:
@@ -59,6 +62,8 @@ def run_prepare(cfg: DictConfig) -> dict:
 
     table = mf.counts(result.manifest)
     print(f"manifest: {len(result.manifest)} videos -> {out}")
+    for line in describe_import(result.counts, ds):
+        print(f"  {line}")
     print(table.to_string(index=False))
     print(f"issues: {len(result.issues)} rows -> {issues_uri}")
     return {
@@ -66,4 +71,26 @@ def run_prepare(cfg: DictConfig) -> dict:
         "issues": len(result.issues),
         "manifest": out,
         "issues_file": issues_uri,
+        **result.counts,
     }
+
+
+def describe_import(counts: dict[str, int], ds: DictConfig) -> list[str]:
+    """What the importer took from where, beyond the split counts: labelled, candidates, extras."""
+    if "labelled" not in counts:
+        return []
+    lines = [f"labelled: {counts['labelled']} in {ds.labels_file} (train)"]
+    if "candidates" not in counts:
+        lines.append(f"no candidates file ({ds.candidates_file}): every unlabelled clip is a test candidate")
+        return lines
+    lines.append(
+        f"candidates: {counts['candidates']} in {ds.candidates_file} (test); "
+        f"{counts['candidates_missing_video']} without a video (kept, see issues), "
+        f"{counts['candidates_labelled']} also labelled (kept in train)"
+    )
+    left_out = counts["extra_clips"] - counts["extra_included"]
+    lines.append(
+        f"extra unlabelled clips: {counts['extra_clips']}; {counts['extra_included']} included as unlabeled, "
+        f"{left_out} left out (dataset.unlabeled={ds.unlabeled})"
+    )
+    return lines

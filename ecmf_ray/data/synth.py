@@ -9,6 +9,13 @@ Every clip is a real H.264/AAC mp4 whose three modalities each carry the emotion
 With probability ``hide_prob`` one modality of a clip carries another class's signal instead, so that
 fusion has something to add over any single modality. ``truth.csv`` records the true label, the given
 (possibly noisy) label and what was hidden, as held-out truth for tests and benchmarks.
+
+``release_layout`` (``ecmf synth --release-layout``) writes the rest of the real release around it:
+``track_all_candidates.csv`` (the unlabelled clips to predict; the others are extras, as the release's
+~105k non-candidates), ``audio/NAME.wav`` (16 kHz mono PCM) and ``openface_face/NAME/NAME.npy`` (OpenFace's
+output as the baselines read it: uint8 BGR 112x112 face crops, one per frame, cut where the face is).
+Two bad cases of the real release are built in: the first candidate has no video (nor audio or faces),
+the second no face file.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import functools
 import multiprocessing
 import os
 import time
+import wave
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +41,11 @@ SAMPLE_RATE = 16_000
 MODALITIES: tuple[str, ...] = ("visual", "audio", "text")
 LABELS_FILE = "track1_train_disdim.csv"
 SUBTITLES_FILE = "subtitle_chieng.csv"
+CANDIDATES_FILE = "track_all_candidates.csv"
 TRUTH_FILE = "truth.csv"
+AUDIO_DIR = "audio"
+OPENFACE_DIR = "openface_face"
+OPENFACE_SIZE = 112  # OpenFace's aligned face crops, as released
 
 # Per-class signals, indexed like EMOTIONS (neutral, angry, happy, sad, worried, surprise).
 BACKGROUND_RGB = np.array(
@@ -149,6 +161,10 @@ class SynthSummary:
     n_noisy: int
     n_hidden: int
     seconds: float
+    candidates_csv: str | None = None  # release layout only, as the three below
+    n_candidates: int = 0
+    no_video: str | None = None  # the candidate listed without a video
+    no_faces: str | None = None  # the candidate whose openface_face/ file is missing
 
 
 def sample_name(index: int) -> str:
@@ -212,8 +228,8 @@ def face_image() -> np.ndarray:
 
 def _frames(
     rng: np.random.Generator, visual_class: int, n_frames: int, width: int, height: int, fps: int
-) -> Iterator[np.ndarray]:
-    """Frames of one clip, yielded one at a time into a reused buffer (memory stays flat)."""
+) -> Iterator[tuple[np.ndarray, tuple[int, int, int]]]:
+    """Frames of one clip with the face's square ``(x, y, side)``, yielded into a reused buffer (flat memory)."""
     # Background: class colour + diagonal stripes; shifting x by one period repeats the pattern, so a
     # frame is a slice of one precomputed wide strip and the stripes can scroll at no per-frame cost.
     period = max(8, round(STRIPE_PERIOD[visual_class] * width * rng.uniform(0.9, 1.1)))
@@ -244,7 +260,7 @@ def _frames(
         x = int(np.clip(cx + ax * np.cos(angle) - size / 2, 0, width - size))
         y = int(np.clip(cy + ay * np.sin(angle) - size / 2, 0, height - size))
         frame[y : y + size, x : x + size] = face
-        yield frame
+        yield frame, (x, y, size)
 
 
 def _audio(rng: np.random.Generator, audio_class: int, n_samples: int) -> np.ndarray:
@@ -301,6 +317,25 @@ def write_video(path: str, frames: np.ndarray, audio: np.ndarray | None, fps: in
     _encode(path, iter(frames), audio, fps, frames.shape[2], frames.shape[1])
 
 
+def write_wav(path: str, audio: np.ndarray) -> None:
+    """Mono float32 ``audio`` (-1..1) as a 16-bit PCM WAV at :data:`SAMPLE_RATE`."""
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(path, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+
+
+def openface_crop(frame: np.ndarray, box: tuple[int, int, int]) -> np.ndarray:
+    """The face square of an RGB frame as OpenFace releases it: 112x112, BGR."""
+    x, y, side = box
+    crop = cv2.resize(
+        frame[y : y + side, x : x + side], (OPENFACE_SIZE, OPENFACE_SIZE), interpolation=cv2.INTER_AREA
+    )
+    return cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+
+
 @dataclass(frozen=True)
 class _RenderJob:
     plan: SamplePlan
@@ -310,15 +345,30 @@ class _RenderJob:
     width: int
     height: int
     fps: int
+    audio_path: str | None = None  # release layout: audio/NAME.wav
+    faces_path: str | None = None  # release layout: openface_face/NAME/NAME.npy
 
 
 def _render(job: _RenderJob) -> None:
     # A generator per clip, seeded by (seed, index): the same clip whatever the worker count or order.
     rng = np.random.default_rng((job.seed, 1, job.plan.index))
     n_frames = max(1, round(job.duration_s * job.fps))
-    frames = _frames(rng, job.plan.signal("visual"), n_frames, job.width, job.height, job.fps)
+    scene = _frames(rng, job.plan.signal("visual"), n_frames, job.width, job.height, job.fps)
+    crops: list[np.ndarray] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        for frame, box in scene:
+            if job.faces_path:
+                crops.append(openface_crop(frame, box))
+            yield frame
+
     audio = _audio(rng, job.plan.signal("audio"), round(job.duration_s * SAMPLE_RATE))
-    _encode(job.path, frames, audio, job.fps, job.width, job.height)
+    _encode(job.path, frames(), audio, job.fps, job.width, job.height)
+    if job.audio_path:
+        write_wav(job.audio_path, audio)
+    if job.faces_path:
+        os.makedirs(os.path.dirname(job.faces_path), exist_ok=True)
+        np.save(job.faces_path, np.stack(crops))
 
 
 def synthesize(
@@ -334,18 +384,48 @@ def synthesize(
     fps: int = 25,
     hide_prob: float = 0.2,
     workers: int = 1,
+    release_layout: bool = False,
+    candidates: int = 0,
 ) -> SynthSummary:
     """Write ``n`` labelled and ``unlabeled`` unlabelled clips plus the MER2025 CSVs under ``out_dir``.
 
+    ``release_layout``: the first ``candidates`` unlabelled clips are listed in track_all_candidates.csv
+    (the rest are extras), and audio/ and openface_face/ are written too (see the module docstring).
     ``workers`` > 1 renders clips in that many processes; the output is identical either way.
     """
+    if not 0 <= candidates <= unlabeled:
+        raise ValueError(
+            f"candidates must be between 0 and the {unlabeled} unlabelled clips, got {candidates}"
+        )
+    if candidates and not release_layout:
+        raise ValueError("candidates are part of the release layout (release_layout=True)")
     start = time.perf_counter()
     plans = plan_samples(n, unlabeled=unlabeled, label_noise=label_noise, seed=seed, hide_prob=hide_prob)
     video_dir = os.path.join(out_dir, "video")
     os.makedirs(video_dir, exist_ok=True)
+    listed = [p.name for p in plans if p.split == "unlabeled"][:candidates]
+    no_video = listed[0] if release_layout and listed else None
+    no_faces = listed[1] if release_layout and len(listed) > 1 else None
+    if release_layout:
+        os.makedirs(os.path.join(out_dir, AUDIO_DIR), exist_ok=True)
     jobs = [
-        _RenderJob(p, os.path.join(video_dir, f"{p.name}.mp4"), seed, duration_s, width, height, fps)
+        _RenderJob(
+            p,
+            os.path.join(video_dir, f"{p.name}.mp4"),
+            seed,
+            duration_s,
+            width,
+            height,
+            fps,
+            audio_path=os.path.join(out_dir, AUDIO_DIR, f"{p.name}.wav") if release_layout else None,
+            faces_path=(
+                os.path.join(out_dir, OPENFACE_DIR, p.name, f"{p.name}.npy")
+                if release_layout and p.name != no_faces
+                else None
+            ),
+        )
         for p in plans
+        if p.name != no_video
     ]
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: the caller may hold Ray or torch threads that a fork would copy mid-state.
@@ -386,6 +466,10 @@ def synthesize(
             "split": [p.split for p in plans],
         }
     ).to_csv(truth_csv, index=False)
+    candidates_csv = None
+    if release_layout:
+        candidates_csv = os.path.join(out_dir, CANDIDATES_FILE)
+        pd.DataFrame({"name": listed}).to_csv(candidates_csv, index=False)
     return SynthSummary(
         out_dir=out_dir,
         video_dir=video_dir,
@@ -397,6 +481,10 @@ def synthesize(
         n_noisy=sum(p.noisy for p in plans),
         n_hidden=sum(p.hidden is not None for p in plans),
         seconds=time.perf_counter() - start,
+        candidates_csv=candidates_csv,
+        n_candidates=len(listed),
+        no_video=no_video,
+        no_faces=no_faces,
     )
 
 
@@ -422,7 +510,9 @@ def write_broken_videos(video_dir: str) -> dict[str, str]:
     rng = np.random.default_rng(0)
     width, height, fps, seconds = 320, 180, 25, 2.0
     # _frames reuses one buffer, so copy each frame before stacking.
-    frames = np.stack(list(map(np.copy, _frames(rng, 0, round(seconds * fps), width, height, fps))))
+    frames = np.stack(
+        [frame.copy() for frame, _ in _frames(rng, 0, round(seconds * fps), width, height, fps)]
+    )
     _encode(
         paths["broken_truncated"],
         iter(frames),

@@ -1,4 +1,12 @@
-"""Face detection and cropping: the largest face per frame, squared with a margin.
+"""Faces for the face branch: detected in the sampled frames, or the release's own OpenFace crops.
+
+``extract.faces.source`` picks where they come from:
+
+- ``detect``: the largest face per sampled frame, squared with a margin (detectors below).
+- ``openface``: the MER2025 release's ``openface_face/NAME/NAME.npy`` (uint8 BGR frames, about
+  ``(n, 112, 112, 3)``), the faces the paper and the baselines encode: K sampled uniformly by the same rule
+  as video frames, turned to RGB and resized to the crop size. No detector runs. A video without its file
+  follows ``openface_missing`` (``detect``: detect in its frames instead; ``error``: a per-row error).
 
 Two detectors, picked by ``extract.faces.detector``:
 
@@ -14,19 +22,84 @@ and emotion-relevant faces are not tiny); boxes are scaled back and crops come f
 from __future__ import annotations
 
 import functools
+import io
 import os
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from ecmf_ray import storage
+from ecmf_ray.extract.decode import sample_indices
+
 DETECTORS: tuple[str, ...] = ("haar", "yunet")
 NO_FACE_POLICIES: tuple[str, ...] = ("center", "skip")
+FACE_SOURCES: tuple[str, ...] = ("detect", "openface")
+OPENFACE_MISSING_POLICIES: tuple[str, ...] = ("detect", "error")
+OPENFACE_DIR = "openface_face"
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
 class NoFaceFound(ValueError):
     """No sampled frame had a face and the policy is ``skip``."""
+
+
+class NoFaceFile(FileNotFoundError):
+    """The video has no OpenFace face file and ``openface_missing`` is ``error``."""
+
+
+class BadFaceFile(ValueError):
+    """An OpenFace face file that is unreadable or not uint8 frames ``(n, H, W, 3)``."""
+
+
+def face_source(cfg_faces: Any) -> tuple[str, str]:
+    """``(source, openface_missing)`` from ``extract.faces``, checked."""
+    source, missing = str(cfg_faces.source), str(cfg_faces.openface_missing)
+    if source not in FACE_SOURCES:
+        raise ValueError(f"extract.faces.source must be one of {FACE_SOURCES}, not {source!r}")
+    if missing not in OPENFACE_MISSING_POLICIES:
+        raise ValueError(
+            f"extract.faces.openface_missing must be one of {OPENFACE_MISSING_POLICIES}, not {missing!r}"
+        )
+    return source, missing
+
+
+def openface_path(video_path: str, openface_dir: str | None) -> str:
+    """``<openface_dir>/NAME/NAME.npy`` for ``.../video/NAME.mp4``; by default ``openface_face/`` beside ``video/``."""
+    name = os.path.splitext(os.path.basename(video_path.rstrip("/")))[0]
+    if openface_dir:
+        root = str(openface_dir)
+    elif storage.is_remote(video_path):
+        root = video_path.rstrip("/").rsplit("/", 2)[0] + "/" + OPENFACE_DIR
+    else:
+        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(video_path))), OPENFACE_DIR)
+    return storage.join(root, name, f"{name}.npy")
+
+
+def read_openface(path: str) -> np.ndarray:
+    """The frames of an OpenFace face file (uint8 BGR ``(n, H, W, 3)``, n >= 1); never unpickles."""
+    if not storage.exists(path):
+        raise NoFaceFile(f"no OpenFace face file {path}")
+    try:
+        frames = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    except Exception as err:
+        raise BadFaceFile(f"{path}: cannot read as a .npy array ({type(err).__name__}: {err})") from None
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape[1:3]:
+        raise BadFaceFile(
+            f"{path}: expected uint8 BGR frames shaped (n, H, W, 3), got {frames.dtype} {tuple(frames.shape)}"
+        )
+    if len(frames) == 0:
+        raise BadFaceFile(f"{path}: holds no frames")
+    return frames
+
+
+def openface_crops(frames_bgr: np.ndarray, num: int, size: int) -> np.ndarray:
+    """``num`` frames spread uniformly (as video frames are sampled), RGB, resized to ``(size, size)``."""
+    height, width = frames_bgr.shape[1:3]
+    picked = frames_bgr[sample_indices(len(frames_bgr), 0.0, num)]
+    return np.stack(
+        [crop_resize(cv2.cvtColor(f, cv2.COLOR_BGR2RGB), center_box(height, width), size) for f in picked]
+    )
 
 
 class FaceDetector(Protocol):

@@ -1,7 +1,9 @@
 """The CPU stage: decode each clip, find faces, and emit small uint8 crops and audio samples.
 
 Decoding and face detection are fused into one stage so that only resized crops ever leave it: the
-decoded frames (short side ``extract.frames.size``) die in the worker that made them.
+decoded frames (short side ``extract.frames.size``) die in the worker that made them. With
+``extract.faces.source=openface`` the face crops come from the release's ``.npy`` file instead, read
+here too (CPU work, kept out of the CLIP actors), and the video is decoded only if another branch needs it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def decode_clip(path: str, cfg: Any) -> ClipMedia:
     e = cfg.extract
     branches = set(e.branches)
     media = ClipMedia()
+    if "face" in branches and _add_openface_faces(media, path, e):
+        branches.discard("face")  # settled from the face file (crops or an error): no detection
+    from_video = branches - {"text"}
+    if not from_video:
+        return media
     try:
         with decode.local_file(path) as local:
             if branches & set(VISUAL_BRANCHES):
@@ -39,8 +46,30 @@ def decode_clip(path: str, cfg: Any) -> ClipMedia:
             if "audio" in branches:
                 _add_audio(media, local, e)
     except Exception as err:  # the file itself: missing, unreadable, failed download
-        media.errors.update({b: error_cell("open", err) for b in branches - {"text"}})
+        media.errors.update({b: error_cell("open", err) for b in from_video})
     return media
+
+
+def _add_openface_faces(media: ClipMedia, video_path: str, e: Any) -> bool:
+    """With ``faces.source=openface``: crops from the clip's face file. False: detect in the frames instead."""
+    cfg_faces = e.faces
+    source, missing = faces.face_source(cfg_faces)
+    if source != "openface":
+        return False
+    path = faces.openface_path(video_path, cfg_faces.openface_dir)
+    try:
+        stored = faces.read_openface(path)
+        media.faces = faces.openface_crops(stored, int(e.frames.num), int(cfg_faces.size))
+    except faces.NoFaceFile as err:
+        if missing == "detect":
+            return False
+        media.errors["face"] = error_cell("faces", err)
+        return True
+    except Exception as err:  # a malformed file fails only its own row
+        media.errors["face"] = error_cell("faces", err)
+        return True
+    media.face_ratio = 1.0  # every OpenFace frame is a face
+    return True
 
 
 def _add_frames(media: ClipMedia, local: str, e: Any, branches: set[str]) -> None:

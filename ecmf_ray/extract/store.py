@@ -26,6 +26,7 @@ from ecmf_ray import features, storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich.sources import resolve_sources
 from ecmf_ray.enrich.text import enriched_texts
+from ecmf_ray.extract.faces import face_source
 from ecmf_ray.extract.rows import count_column, error_column, feature_column, parse_error_cell
 from ecmf_ray.freshness import read_record, stale_reason
 
@@ -67,6 +68,7 @@ def feature_spec(cfg: Any) -> dict[str, Any]:
 
     Written to ``features/spec.json``; a rerun with a different spec refuses to mix its vectors in.
     """
+    face_source(cfg.extract.faces)  # a bad source fails here, before any clip is decoded
     e = OmegaConf.to_object(cfg.extract)
     clip = {"model": str(cfg.models.clip), "layers": e["clip"]["output"], "dtype": e["clip"]["dtype"]}
     spec: dict[str, Any] = {

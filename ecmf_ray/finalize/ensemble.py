@@ -123,9 +123,24 @@ def vote(members: Sequence[Experiment]) -> EnsembleResult:
     return EnsembleResult(oof=oof, test=test, metrics=metrics)
 
 
-def submission(test: pd.DataFrame) -> pd.DataFrame:
-    """The MER2025 submission: ``name, discrete``, one row per test video."""
+def submission(test: pd.DataFrame, candidates: Sequence[str] | None = None) -> pd.DataFrame:
+    """The MER2025 submission: ``name, discrete``, one row per test video.
+
+    ``candidates``: the names that must be predicted (the manifest's test split, i.e. the release's
+    ``track_all_candidates.csv``); a submission that misses one, or names another, is an error.
+    """
     rows = test[test["split"].eq("test")]
     if rows["video_id"].duplicated().any():
         raise ValueError("the ensemble predicted some test videos twice")
+    unpredicted = rows.loc[rows["predicted"].isna(), "video_id"].tolist()
+    if unpredicted:
+        raise ValueError(f"{len(unpredicted)} test video(s) have no prediction, e.g. {unpredicted[:3]}")
+    if candidates is not None:
+        missing = sorted(set(candidates) - set(rows["video_id"]))
+        extra = sorted(set(rows["video_id"]) - set(candidates))
+        if missing or extra:
+            raise ValueError(
+                f"the submission must cover the {len(set(candidates))} candidates exactly: "
+                f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} not candidates (e.g. {extra[:3]})"
+            )
     return pd.DataFrame({"name": rows["video_id"].to_numpy(), "discrete": rows["predicted"].to_numpy()})

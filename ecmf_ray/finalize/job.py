@@ -17,6 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
+from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich.job import record_path as enrich_record_path
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
 from ecmf_ray.finalize.experiments import Experiment, run_variant, unnamed_fingerprint, with_overrides
@@ -117,7 +118,8 @@ def run_finalize(cfg: DictConfig) -> dict:
 
     storage.write_table(ensemble.oof, storage.join(out_dir, "ensemble_oof.parquet"))
     storage.write_table(ensemble.test, storage.join(out_dir, "ensemble_test.parquet"))
-    sub = submission(ensemble.test)
+    manifest = read_manifest(manifest_path(run_dir))
+    sub = submission(ensemble.test, manifest.loc[manifest["split"].eq("test"), "video_id"].tolist())
     report = write_report(
         out_dir,
         ReportInputs(

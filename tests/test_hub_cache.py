@@ -1,0 +1,194 @@
+"""The default hub ids, loaded as published: an offline Hugging Face cache with small random checkpoints.
+
+The cache is laid out exactly as huggingface_hub writes one (``models--ORG--NAME/blobs``, ``snapshots/<rev>/``
+links into the blobs, ``refs/main``). Like the real repos, CLIP ships ``model.safetensors``; HuBERT and RoBERTa
+ship only ``pytorch_model.bin`` (RoBERTa as hfl publishes it: a BertForMaskedLM, keys prefixed ``bert.``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ecmf_ray import features, hub
+from ecmf_ray.config import load_config
+from ecmf_ray.data.synth import synthesize
+
+DEFAULT_IDS = dict(load_config().models)  # configs/base.yaml's model ids, as a user runs them
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bin_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return buffer.getvalue()
+
+
+def folder_files(folder: str, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    return {n: Path(folder, n).read_bytes() for n in sorted(os.listdir(folder)) if n not in skip}
+
+
+def hubert_files(tiny_cache: str) -> tuple[dict[str, bytes], dict[str, torch.Tensor]]:
+    """HuBERT as TencentGameMate publishes it: config, preprocessor config, pytorch_model.bin only.
+
+    hub.py's tiny recipe with 24 layers, so that the base config's layers 16-21 exist.
+    """
+    from transformers import HubertConfig, HubertModel
+
+    with hub._seeded(0):
+        model = HubertModel(HubertConfig(**{**hub._HUBERT["tiny"], "num_hidden_layers": 24}))
+    state = model.state_dict()
+    tiny = hub.resolve_model_ref("tiny:hubert", tiny_cache)
+    files = {
+        "config.json": model.config.to_json_string().encode(),
+        "preprocessor_config.json": Path(tiny, "preprocessor_config.json").read_bytes(),
+        "pytorch_model.bin": bin_bytes(state),
+    }
+    return files, state
+
+
+def roberta_files(tiny_cache: str) -> tuple[dict[str, bytes], dict[str, torch.Tensor]]:
+    """RoBERTa as hfl publishes it: a BertForMaskedLM .bin, its config and the tokenizer files."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    with hub._seeded(0):
+        model = BertForMaskedLM(BertConfig(**hub._bert_dims("tiny"), architectures=["BertForMaskedLM"]))
+    state = model.state_dict()
+    assert all(k.startswith(("bert.", "cls.")) for k in state)
+    tiny = hub.resolve_model_ref("tiny:roberta", tiny_cache)
+    files = folder_files(tiny, skip=("model.safetensors", "config.json"))
+    files |= {"config.json": model.config.to_json_string().encode(), "pytorch_model.bin": bin_bytes(state)}
+    return files, state
+
+
+def write_hub_repo(hub_dir: Path, repo_id: str, files: dict[str, bytes]) -> Path:
+    """One model repo in huggingface_hub's cache layout; returns its snapshot folder."""
+    repo = hub_dir / f"models--{repo_id.replace('/', '--')}"
+    revision = hashlib.sha1(b"".join(hashlib.sha1(files[n]).digest() for n in sorted(files))).hexdigest()
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory: pytest.TempPathFactory, tiny_cache: str) -> Path:
+    """``$HF_HOME`` holding the three default ids."""
+    home = tmp_path_factory.mktemp("hf-home")
+    clip = folder_files(hub.resolve_model_ref("tiny:clip", tiny_cache))
+    assert sorted(clip) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    write_hub_repo(home / "hub", DEFAULT_IDS["clip"], clip)
+    write_hub_repo(home / "hub", DEFAULT_IDS["hubert"], hubert_files(tiny_cache)[0])
+    write_hub_repo(home / "hub", DEFAULT_IDS["roberta"], roberta_files(tiny_cache)[0])
+    return home
+
+
+class RunsCode:
+    """A pickle payload: unpickling it creates a folder (stands for any code an attacker wants run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def local_folder(path: Path, files: dict[str, bytes]) -> str:
+    path.mkdir(parents=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return str(path)
+
+
+def test_bin_only_checkpoints_load_in_place(tmp_path: Path, tiny_cache: str, monkeypatch) -> None:
+    monkeypatch.delenv("DISABLE_SAFETENSORS_CONVERSION", raising=False)
+    files, state = hubert_files(tiny_cache)
+    model, extractor = hub.load_hubert(local_folder(tmp_path / "hubert", files), tiny_cache)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert extractor.sampling_rate == 16000
+    # Set by the load: transformers must not start its safetensors "auto_conversion" Hub thread.
+    assert os.environ["DISABLE_SAFETENSORS_CONVERSION"] == "1"
+
+    files, state = roberta_files(tiny_cache)
+    model, tokenizer = hub.load_roberta(local_folder(tmp_path / "roberta", files), tiny_cache)
+    assert type(model).__name__ == "BertModel"
+    body = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
+    assert body and all(torch.equal(model.state_dict()[k], v) for k, v in body.items())
+    assert tokenizer.unk_token_id not in tokenizer("我今天很开心")["input_ids"]
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path: Path, tiny_cache: str) -> None:
+    files, _ = hubert_files(tiny_cache)
+    marker = tmp_path / "the-payload-ran"
+    evil = bin_bytes({"feature_projection.projection.weight": RunsCode(marker)})
+    folder = local_folder(tmp_path / "evil", files | {"pytorch_model.bin": evil})
+    with pytest.raises((pickle.UnpicklingError, OSError, RuntimeError), match="(?i)weights.only"):
+        hub.load_hubert(folder, tiny_cache)
+    assert not marker.exists()
+    # The payload is live: an unrestricted torch.load would have run it.
+    torch.load(io.BytesIO(evil), weights_only=False)
+    assert marker.is_dir()
+
+
+def test_safetensors_win_over_a_bin(tmp_path: Path, tiny_cache: str) -> None:
+    """With both files present the .bin is never opened (here it would run code)."""
+    files = folder_files(hub.resolve_model_ref("tiny:hubert", tiny_cache))
+    marker = tmp_path / "the-payload-ran"
+    files["pytorch_model.bin"] = bin_bytes({"x": RunsCode(marker)})
+    model, _ = hub.load_hubert(local_folder(tmp_path / "both", files), tiny_cache)
+    assert model.config.num_hidden_layers == 4 and not marker.exists()
+
+
+def test_extract_with_the_default_hub_ids_offline(tmp_path: Path, hf_home: Path) -> None:
+    """`ecmf prepare` + `ecmf extract` with configs/base.yaml's models, offline, all four branches."""
+    data, run, home = tmp_path / "data", tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    synthesize(str(data), 2, unlabeled=1, duration_s=2.0, width=160, height=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # HOME too: the model cache (~/.cache/ecmf_ray) and Ray's files stay in the test's folder.
+    env |= {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HOME": str(home), "RAY_DEDUP_LOGS": "0"}
+
+    def ecmf(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "ecmf_ray.cli", *args], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    ecmf("prepare", f"run_dir={run}", f"dataset.root={data}")
+    # Only sizes shrink: Ray's logical CPUs (one per encoder actor, as base.yaml reserves), frames, batches.
+    ecmf(
+        "extract",
+        f"run_dir={run}",
+        "ray.num_cpus=4",
+        "extract.frames.num=2",
+        "extract.decode.batch_size=4",
+        "extract.clip.batch_size=4",
+        "extract.hubert.batch_size=4",
+        "extract.roberta.batch_size=4",
+    )
+    assert pd.read_parquet(features.errors_path(str(run))).empty
+    for branch, ref in [("frame", "clip"), ("face", "clip"), ("audio", "hubert"), ("text", "roberta")]:
+        table = pd.read_parquet(features.branch_dir(str(run), branch))
+        assert len(table) == 3 and set(table["model"]) == {DEFAULT_IDS[ref]}, branch
+    audio = pd.read_parquet(features.branch_dir(str(run), "audio"))
+    assert set(audio["layers"]) == {"16,17,18,19,20,21"}
