@@ -26,7 +26,7 @@ from ecmf_ray.data.synth import synthesize
 ENCODERS = ("clip", "hubert", "roberta")
 # "(MapWorker(MapBatches(ClipEncoder)) pid=123) clip encoder: asked for num_gpus=0.5; Ray granted GPU ids [0] ..."
 WARNING = re.compile(
-    r"pid=(?P<pid>\d+)[^)]*\) (?P<encoder>\w+) encoder: asked for num_gpus=(?P<asked>[\d.]+); "
+    r"pid=(?P<pid>\d+)[^)]*\)[^\n]*? (?P<encoder>\w+) encoder: asked for num_gpus=(?P<asked>[\d.]+); "
     r"Ray granted GPU ids \[(?P<ids>[^\]]*)\] \(resources (?P<resources>\{[^}]*\})\), but CUDA is not available"
 )
 
