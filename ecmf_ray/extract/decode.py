@@ -1,7 +1,9 @@
 """Decoding one clip: K sampled RGB frames (decord, resized while decoding) and 16 kHz mono audio (PyAV).
 
-Every call into a decoder runs under a deadline: decord can hang on some files, and a hung worker
-would stall the whole pipeline. PyAV, not decord's AudioReader, reads audio: the latter leaks memory.
+Callers run :func:`read_frames` and :func:`read_audio` in a decoder child process under a deadline
+(:mod:`ecmf_ray.extract.decoder_process`): decord can hang on some files, and a hung call must not stall
+the pipeline nor keep running once it has been given up. PyAV, not decord's AudioReader, reads audio:
+the latter leaks memory.
 """
 
 from __future__ import annotations
@@ -9,20 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import av
 import numpy as np
 
 from ecmf_ray import storage
-
-T = TypeVar("T")
-
-
-class DecodeTimeout(TimeoutError):
-    """A decoder call that did not finish within ``extract.decode.timeout_s``."""
 
 
 class NoAudioStream(ValueError):
@@ -33,36 +27,14 @@ class NoVideoStream(ValueError):
     """The container has no video stream, or no frames."""
 
 
-def run_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
-    """``fn()`` in a daemon thread, abandoned if it has not returned within ``timeout_s``.
-
-    A native decoder call cannot be interrupted from Python; the abandoned thread keeps its worker busy
-    until the call returns, but the pipeline moves on and the clip is reported, not waited for.
-    """
-    result: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as err:  # handed to the caller below
-            result["error"] = err
-
-    thread = threading.Thread(target=target, name=f"decode-{what}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise DecodeTimeout(f"{what} did not finish within {timeout_s:g} s")
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["value"]  # type: ignore[return-value]
-
-
 @contextlib.contextmanager
 def local_file(path: str) -> Iterator[str]:
     """A local path for ``path``; remote clips (s3://) are copied to a temporary file first."""
     if not storage.is_remote(path):
         local = os.path.expanduser(path)
-        if not os.path.isfile(local):
+        # Anything but a folder goes to the decoder (a named pipe or a device too): what it cannot read
+        # fails there, and what blocks it times out there.
+        if not os.path.exists(local) or os.path.isdir(local):
             raise FileNotFoundError(f"no such video file: {path}")
         yield local
         return

@@ -33,8 +33,36 @@ class AudioTooShort(ValueError):
     """The clip's audio is shorter than one HuBERT frame."""
 
 
-def device_for(num_gpus: float) -> str:
-    return "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
+def granted_gpus() -> tuple[list, dict[str, float]]:
+    """The GPU ids and the resources Ray granted this worker (empty outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return [], {}
+    return list(ray.get_gpu_ids()), dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def device_for(num_gpus: float, encoder: str) -> str:
+    """``cuda`` for a stage with a GPU share where CUDA works; else ``cpu``, with a warning if a GPU was asked for.
+
+    Called once per encoder instance (one Ray actor), so a pool on a node without working CUDA (a driver
+    missing, a CPU-only torch) says so once per actor instead of running on the CPU without a word.
+    """
+    if not num_gpus:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    gpu_ids, resources = granted_gpus()
+    logger.warning(
+        "%s encoder: asked for num_gpus=%s; Ray granted GPU ids %s (resources %s), but CUDA is not "
+        "available here (torch %s): running on the CPU",
+        encoder,
+        num_gpus,
+        gpu_ids,
+        resources,
+        torch.__version__,
+    )
+    return "cpu"
 
 
 def _set_threads(num_threads: int | None) -> None:
@@ -132,7 +160,7 @@ class ClipEncoder:
         self.branches = [b for b in ("frame", "face") if b in cfg.extract.branches]
         self.output, self.pooling = str(c.output), str(c.pooling)
         self.forward_batch = int(c.forward_batch)
-        self.device = device_for(c.num_gpus)
+        self.device = device_for(c.num_gpus, "clip")
         self.dtype = hub.torch_dtype(str(c.dtype))
         self.model, processor = hub.load_clip(
             cfg.models.clip, cfg.storage.model_cache, str(c.dtype), self.device
@@ -202,7 +230,7 @@ class HubertEncoder:
         self.windows_per_forward = int(h.batch_size)
         self.sample_rate = int(cfg.extract.audio.sample_rate)
         self.window = int(round(float(cfg.extract.audio.window_s) * self.sample_rate))
-        self.device = device_for(h.num_gpus)
+        self.device = device_for(h.num_gpus, "hubert")
         self.dtype = hub.torch_dtype(str(h.dtype))
         self.model, self.extractor = hub.load_hubert(
             cfg.models.hubert, cfg.storage.model_cache, str(h.dtype), self.device
@@ -298,7 +326,7 @@ class RobertaEncoder:
         r = cfg.extract.roberta
         self.layers, self.combine = [int(x) for x in r.layers], str(r.combine)
         self.max_length = int(r.max_length)
-        self.device = device_for(r.num_gpus)
+        self.device = device_for(r.num_gpus, "roberta")
         self.model, self.tokenizer = hub.load_roberta(
             cfg.models.roberta, cfg.storage.model_cache, str(r.dtype), self.device
         )

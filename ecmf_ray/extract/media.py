@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ecmf_ray.extract import decode, faces
+from ecmf_ray.extract import decode, decoder_process, faces
 from ecmf_ray.extract.rows import VISUAL_BRANCHES, count_column, empty_errors, error_cell, error_column
 
 
@@ -76,8 +76,9 @@ def _add_frames(media: ClipMedia, local: str, e: Any, branches: set[str]) -> Non
     visual = [b for b in VISUAL_BRANCHES if b in branches]
     size, num, threads = int(e.frames.size), int(e.frames.num), int(e.decode.num_threads)
     try:
-        frames = decode.run_with_timeout(
-            lambda: decode.read_frames(local, size, num, e.frames.fps, threads),
+        frames = decoder_process.call(
+            decode.read_frames,
+            (local, size, num, e.frames.fps, threads),
             float(e.decode.timeout_s),
             "video decode",
         )
@@ -93,8 +94,8 @@ def _add_frames(media: ClipMedia, local: str, e: Any, branches: set[str]) -> Non
 def _add_audio(media: ClipMedia, local: str, e: Any) -> None:
     rate = int(e.audio.sample_rate)
     try:
-        media.audio = decode.run_with_timeout(
-            lambda: decode.read_audio(local, rate), float(e.decode.timeout_s), "audio decode"
+        media.audio = decoder_process.call(
+            decode.read_audio, (local, rate), float(e.decode.timeout_s), "audio decode"
         )
     except Exception as err:
         media.errors["audio"] = error_cell("decode_audio", err)

@@ -18,11 +18,34 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ecmf_ray.extract import store
+from ecmf_ray import runtime
+from ecmf_ray.extract import resources, store
 from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
 from ecmf_ray.extract.media import decode_batch
 
 logger = logging.getLogger(__name__)
+
+
+def _memory(memory_mb: int) -> dict[str, int]:
+    """Ray's ``memory`` reservation (bytes) for a stage; none for 0."""
+    return {"memory": int(memory_mb) * 2**20} if int(memory_mb) > 0 else {}
+
+
+def check_cluster(cfg: DictConfig) -> None:
+    """Fail now, not hang, if the encoder pools' minimum actors can never be placed on this cluster.
+
+    On a joined cluster whose growth cannot be seen, a shortfall now is only logged: an autoscaler may
+    still add the GPU nodes.
+    """
+    joined = bool(cfg.ray.address) or runtime.in_ray_job()
+    capacity = resources.cluster_capacity(joined)
+    if capacity is not None:
+        resources.check_pools_fit(cfg, capacity)
+        return
+    try:
+        resources.check_pools_fit(cfg, resources.live_capacity())
+    except resources.PoolsDoNotFit as err:
+        logger.warning("%s; waiting for the cluster to grow (an autoscaler launches nodes on demand)", err)
 
 
 def _actor_stage(ds: Any, encoder: type, cfg: DictConfig, stage_cfg: Any) -> Any:
@@ -39,6 +62,7 @@ def _actor_stage(ds: Any, encoder: type, cfg: DictConfig, stage_cfg: Any) -> Any
         batch_format="numpy",
         num_cpus=num_cpus,
         num_gpus=float(stage_cfg.num_gpus),
+        **_memory(stage_cfg.memory_mb),
         udf_modifying_row_count=False,
     )
 
@@ -59,7 +83,7 @@ def build_dataset(cfg: DictConfig, todo: Any) -> Any:
         # Reserving memory also keeps Ray Data from fusing this stage into the CLIP actors (it fuses a
         # task stage into the next actor stage when their remote args match), which would serialise
         # decoding inside the (GPU) encoder pool.
-        memory=max(1, int(e.decode.memory_mb)) * 2**20,
+        **_memory(max(1, int(e.decode.memory_mb))),
         udf_modifying_row_count=False,
     )
     if branches & {"frame", "face"}:
@@ -85,6 +109,7 @@ def run_extract(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     processed = 0
     if len(plan.todo):
+        check_cluster(cfg)
         ds = build_dataset(cfg, plan.todo)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             store.write_shard(cfg.run_dir, batch, branches)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import cv2
 import numpy as np
@@ -30,16 +29,6 @@ def test_resized_dims_and_center_square() -> None:
     assert decode.resized_dims(640, 360, 224) == (398, 224)
     frames = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
     assert np.array_equal(decode.center_square(frames), frames[:, :, 1:5])
-
-
-def test_run_with_timeout() -> None:
-    assert decode.run_with_timeout(lambda: 3, 1.0, "quick") == 3
-    start = time.perf_counter()
-    with pytest.raises(decode.DecodeTimeout, match="hang"):
-        decode.run_with_timeout(lambda: time.sleep(5), 0.2, "hang")
-    assert time.perf_counter() - start < 2
-    with pytest.raises(ZeroDivisionError):
-        decode.run_with_timeout(lambda: 1 / 0, 1.0, "error")
 
 
 def test_square_box_margin_and_edges() -> None:

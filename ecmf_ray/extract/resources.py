@@ -1,0 +1,154 @@
+"""What the extraction stages reserve, and whether their minimum pools can ever start on the cluster.
+
+Ray Data starts every actor pool's ``pool_min`` actors when the run starts and, by default, waits for
+them without a deadline (``DataContext.wait_for_min_actors_s = -1``): a pool whose actors cannot be
+placed on any node the cluster has, or can get from its autoscaler, makes the run hang with no error.
+:func:`check_pools_fit` turns that into a clear error before anything starts.
+
+A fractional ``num_gpus`` is a share of one physical GPU (Ray places such an actor on a single GPU with
+that much left); whole numbers take whole GPUs of one node. So fitting the pools is bin packing of the
+actors' shares into the GPUs of each node, not a comparison of sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+ENCODER_STAGES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("clip", frozenset({"frame", "face"})),
+    ("hubert", frozenset({"audio"})),
+    ("roberta", frozenset({"text"})),
+)
+
+
+class PoolsDoNotFit(RuntimeError):
+    """The encoder pools' minimum actors cannot be placed on the cluster: the run would wait forever."""
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """GPUs per node (one entry per node the cluster has or may launch), and CPUs and memory in all."""
+
+    node_gpus: tuple[float, ...]
+    cpus: float
+    memory_mb: float
+    source: str  # where the figures come from, for the error message
+
+
+def encoder_stages(cfg: Any) -> list[str]:
+    """The encoder pools this run starts (a pool runs when any of its branches is extracted)."""
+    branches = set(cfg.extract.branches)
+    return [name for name, needs in ENCODER_STAGES if needs & branches]
+
+
+def min_pool_actors(cfg: Any) -> list[tuple[str, float, float, float]]:
+    """``(stage, num_gpus, num_cpus, memory_mb)`` for every actor the run starts with (``pool_min`` per pool)."""
+    e = cfg.extract
+    actors = []
+    for name in encoder_stages(cfg):
+        stage = e[name]
+        share = float(stage.num_gpus)
+        if share > 1 and not share.is_integer():
+            raise ValueError(f"extract.{name}.num_gpus={share:g}: above 1 it must be a whole number of GPUs")
+        if int(stage.pool_min) < 1 or int(stage.pool_max) < int(stage.pool_min):
+            raise ValueError(
+                f"extract.{name}: need 1 <= pool_min <= pool_max, got {stage.pool_min} and {stage.pool_max}"
+            )
+        actors += [(name, share, float(stage.num_cpus), float(stage.memory_mb))] * int(stage.pool_min)
+    return actors
+
+
+def pack_gpu_shares(shares: list[float], node_gpus: list[float]) -> bool:
+    """True if every share fits: fractions into one GPU each, whole numbers into whole GPUs of one node.
+
+    First-fit decreasing; exact for the few actors of a run's minimum pools in every realistic case.
+    """
+    # free[n][g]: what is left of GPU g of node n (only whole GPUs exist in Ray).
+    free = [[1.0] * int(math.floor(g)) for g in node_gpus]
+    for share in sorted((s for s in shares if s > 0), reverse=True):
+        if share >= 1:
+            node = next((f for f in free if sum(1 for x in f if x >= 1.0) >= share), None)
+            if node is None:
+                return False
+            for _ in range(int(share)):
+                node[node.index(1.0)] = 0.0
+            continue
+        slot = next(((f, i) for f in free for i, x in enumerate(f) if x + 1e-9 >= share), None)
+        if slot is None:
+            return False
+        f, i = slot
+        f[i] -= share
+    return True
+
+
+def check_pools_fit(cfg: Any, capacity: Capacity) -> None:
+    """Raise :class:`PoolsDoNotFit` if the minimum pools plus one decode task cannot be placed."""
+    actors = min_pool_actors(cfg)
+    shares = [gpu for _, gpu, _, _ in actors]
+    wanted = ", ".join(f"{name} {gpu:g} GPU" for name, gpu, _, _ in actors if gpu > 0)
+    if not pack_gpu_shares(shares, list(capacity.node_gpus)):
+        raise PoolsDoNotFit(
+            f"the encoder pools start with {wanted or 'no GPU'} (pool_min actors x num_gpus), which cannot be "
+            f"placed on the GPUs per node {list(capacity.node_gpus)} ({capacity.source}); Ray would wait for "
+            "them forever. Lower extract.<encoder>.num_gpus or pool_min, or add GPUs."
+        )
+    decode = cfg.extract.decode
+    for what, need, have, keys in (
+        ("CPUs", sum(a[2] for a in actors) + float(decode.num_cpus), capacity.cpus, "num_cpus"),
+        (
+            "MB of memory",
+            sum(a[3] for a in actors) + float(decode.memory_mb),
+            capacity.memory_mb,
+            "memory_mb",
+        ),
+    ):
+        if need > have + 1e-9:
+            raise PoolsDoNotFit(
+                f"the encoder pools' minimum actors and one decode task reserve {need:g} {what}, more than "
+                f"the {have:g} the cluster has ({capacity.source}); Ray would wait forever. Lower "
+                f"extract.<encoder>.{keys} / pool_min or extract.decode.{keys}."
+            )
+
+
+def cluster_capacity(joined: bool) -> Capacity | None:
+    """The most the connected cluster can hold, or None where that cannot be known.
+
+    An autoscaler that publishes its config (Ray's autoscaler v2): its node types at ``max_workers``.
+    Otherwise, for a cluster this process started (``joined=False``): its live nodes, which is all it
+    will ever have. A joined cluster without a published config may grow by means this process cannot
+    see: None (the caller only warns).
+    """
+    from ray._private.state import state  # Ray Train V2 reads the autoscaler config the same way
+
+    config = state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        gpus: list[float] = []
+        cpus = memory = 0.0
+        for group in config.node_group_configs:
+            if group.max_count < 0:  # unbounded: anything fits eventually
+                return None
+            gpus += [float(group.resources.get("GPU", 0))] * group.max_count
+            cpus += float(group.resources.get("CPU", 0)) * group.max_count
+            memory += float(group.resources.get("memory", 0)) / 2**20 * group.max_count
+        # A node type that does not declare memory gets what its machine has: unknown here.
+        return Capacity(
+            tuple(gpus), cpus, memory or math.inf, "the autoscaler's node types at their max_workers"
+        )
+    if joined:
+        return None
+    return live_capacity()
+
+
+def live_capacity() -> Capacity:
+    """GPUs per live node and the live nodes' CPUs: what the cluster holds right now."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return Capacity(
+        tuple(float(n["Resources"].get("GPU", 0)) for n in nodes),
+        sum(float(n["Resources"].get("CPU", 0)) for n in nodes),
+        sum(float(n["Resources"].get("memory", 0)) for n in nodes) / 2**20,
+        f"the {len(nodes)} live node(s) of this cluster",
+    )
