@@ -201,7 +201,14 @@ def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
         trainable,
         param_space={"fold": tune.grid_search(folds)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name="folds", verbose=0, **run_config_storage(job["ray_dir"])),
+        run_config=tune.RunConfig(
+            name="folds",
+            verbose=0,
+            # A trial lost with its node (it drives the fold's trainer) is started again; the trainer,
+            # same name and storage, resumes from the fold's latest checkpoint. Same budget as Train's.
+            failure_config=tune.FailureConfig(max_failures=int(job["train"]["max_failures"])),
+            **run_config_storage(job["ray_dir"]),
+        ),
     )
     results = tuner.fit()
     if results.errors:
