@@ -87,6 +87,7 @@ def agent_ports() -> list[str]:
         "--dashboard-agent-listen-port", str(free_port()),
         "--dashboard-agent-grpc-port", str(free_port()),
         "--runtime-env-agent-port", str(free_port()),
+        "--metrics-export-port", str(free_port()),
     ]  # fmt: skip
 
 
@@ -121,18 +122,25 @@ class RayProcesses:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, *args: str, env: dict[str, str] | None = None) -> int:
-        log = self.tmp / f"ray_start_{len(self.groups)}.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                [RAY, "start", "--disable-usage-stats", *args],
-                env=env or self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-            self.groups.append(proc.pid)
-            if proc.wait(timeout=300) != 0:
+    def _start(self, *args: str, env: dict[str, str] | None = None, attempts: int = 3) -> int:
+        """Run `ray start` in a new session; returns its process group. A node whose start timed out
+        (Ray gives its agents 15 s, which a busy machine can exceed) is ended and started again."""
+        for attempt in range(attempts):
+            log = self.tmp / f"ray_start_{len(self.groups)}.log"
+            with open(log, "w") as out:
+                proc = subprocess.Popen(
+                    [RAY, "start", "--disable-usage-stats", *args],
+                    env=env or self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+                self.groups.append(proc.pid)
+                code = proc.wait(timeout=300)
+            self.remember()
+            if code == 0:
+                return proc.pid
+            self.stop_node(proc.pid)
+            if attempt == attempts - 1 or "timed out during startup" not in log.read_text():
                 raise RuntimeError(f"ray start failed:\n{log.read_text()[-3000:]}")
-        self.remember()
-        return proc.pid
+        raise AssertionError("unreachable")
 
     def start_head(self, *args: str, env: dict[str, str] | None = None) -> int:
         """A head with 0 CPUs (as on the cluster), dashboard and client server on loopback/free ports."""
@@ -191,6 +199,9 @@ class RayProcesses:
             if fields and fields[19] == started:  # still that process, not a reused pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        # Ray's logs stay with the test's files; its folder goes.
+        for logs in Path(self.temp_dir).glob("session_*/logs"):
+            shutil.copytree(logs, self.tmp / "ray_logs" / logs.parent.name, dirs_exist_ok=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

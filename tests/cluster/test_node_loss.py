@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,16 +78,18 @@ def test_extraction_survives_a_lost_node(head: RayProcesses, tmp_path: Path):
     doomed, survivor = head.add_worker(num_cpus=2), head.add_worker(num_cpus=2)
 
     # Small blocks: many shards, so the node dies with work done, in flight and still to come.
+    started = time.monotonic()
     extract = ecmf(head, "extract", *run, "extract.decode.batch_size=4", log=tmp_path / "extract.log")
     shards = tmp_path / "run" / "features" / "_shards"
     wait_for(lambda: extract.poll() is None and any(shards.glob("*.parquet")), 600, 0.2, "the first shard")
-    written_before = len(list(shards.glob("*.parquet")))
+    shards_before = len(list(shards.glob("*.parquet")))
     lose_a_node(head, doomed)
     output = finish(extract, tmp_path / "extract.log", 900)
+    print(f"\nextract with a lost node: {time.monotonic() - started:.0f} s")
     head.remember()
 
     manifest = pd.read_parquet(tmp_path / "run" / "manifest.parquet")
-    assert written_before < len(manifest) / 4  # the node died mid-run
+    assert shards_before < len(manifest) // 4  # the node died mid-run: fewer shards than 4-video blocks
     errors = pd.read_parquet(tmp_path / "run" / "features" / "errors.parquet")
     for branch in BRANCHES:
         features = pd.read_parquet(tmp_path / "run" / "features" / branch)
@@ -111,6 +114,7 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
                  "train.early_stopping_patience=null", "train.max_failures=1"]  # fmt: skip
     doomed = head.add_worker(num_cpus=1)
     head.add_worker(num_cpus=1)
+    started = time.monotonic()
     train = ecmf(head, "train", *overrides, log=tmp_path / "train.log")
     exp_dir = Path(run_dir, "train", "ecmf")
     wait_for(
@@ -120,12 +124,14 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
     lose_a_node(head, doomed)
     head.add_worker(num_cpus=1)  # the replacement an autoscaler would bring
     output = finish(train, tmp_path / "train.log", 900)
+    print(f"\ntrain with a lost node: {time.monotonic() - started:.0f} s")
     head.remember()
 
     metrics = json.loads((exp_dir / "metrics.json").read_text())
     resumed = [f for f in metrics["per_fold"] if f["resumed_from_epoch"] > 0]
-    assert len(resumed) == 1, output[-3000:]  # the lost node's fold, from its last checkpoint
-    assert 0 < resumed[0]["resumed_from_epoch"] < 40
+    # The lost node's fold (and any fold whose trial ran there) went on from its last checkpoint.
+    assert resumed, output[-3000:]
+    assert all(0 < f["resumed_from_epoch"] < 40 for f in resumed)
 
     # The same folds trained in this process without any loss give the same scores.
     cfg = small_config(run_dir, *overrides)
