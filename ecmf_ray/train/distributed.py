@@ -3,8 +3,9 @@
 Shape. Ray's pattern for many small models is a Tune grid over the model id with
 ``max_concurrent_trials``; here the id is the fold. A trial only drives its fold's trainer, so it
 reserves no CPU (the trainer's controller takes none either): the fold's workers hold the
-resources (``train.num_workers`` x ``train.cpus_per_worker`` / GPUs), and folds run side by side
-as far as ``train.max_concurrent_folds`` and the cluster allow. One worker per fold is the right
+resources (``train.num_workers`` x ``train.cpus_per_worker`` / GPUs), and up to
+``train.max_concurrent_folds`` folds (default: all) start at once; those that find no resources wait
+for them, which is what makes an autoscaling cluster add nodes. One worker per fold is the right
 size for these small models; several workers train with DDP.
 
 Data. The driver reads the manifest and features once and puts them in the object store; the
@@ -185,27 +186,25 @@ def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     return {"fold": fold, **(result.metrics or {})}
 
 
-def folds_that_fit(train_cfg: dict[str, Any], cluster: dict[str, float]) -> int:
-    """How many folds' worker groups the cluster holds now (at least 1).
+def fold_concurrency(max_concurrent_folds: int | None, n_folds: int) -> int:
+    """How many fold trials run at once: ``train.max_concurrent_folds``, or every fold when null.
 
-    The default for ``train.max_concurrent_folds``: more trials than that would only start
-    controllers that wait for CPUs. Set the key explicitly to let an autoscaler add nodes.
+    Never what the cluster holds at the start: a cluster that autoscales from zero workers holds
+    nothing then. Trials that do not fit wait in Tune's queue, and their pending resource requests
+    are what make an autoscaler add nodes.
     """
-    per_fold = {"CPU": float(train_cfg["cpus_per_worker"]) * int(train_cfg["num_workers"])}
-    if train_cfg["use_gpu"]:
-        per_fold["GPU"] = float(train_cfg["gpus_per_worker"] or 1) * int(train_cfg["num_workers"])
-    return max(1, min(int(cluster.get(k, 0.0) // v) for k, v in per_fold.items() if v > 0))
+    if max_concurrent_folds is not None and int(max_concurrent_folds) < 1:
+        raise ValueError(f"train.max_concurrent_folds must be null or at least 1, got {max_concurrent_folds}")
+    return max(1, min(n_folds, int(max_concurrent_folds or n_folds)))
 
 
 def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
-    """Train ``folds`` as Tune trials, at most ``train.max_concurrent_folds`` (default: what fits) at once."""
+    """Train ``folds`` as Tune trials, at most ``train.max_concurrent_folds`` (default: all) at once."""
     import ray
     from ray import tune
 
     job = {**job, "data": [ray.put(data)]}  # in a list: passed as a reference, fetched by workers
-    concurrency = job["train"]["max_concurrent_folds"] or folds_that_fit(
-        job["train"], ray.cluster_resources()
-    )
+    concurrency = fold_concurrency(job["train"]["max_concurrent_folds"], len(folds))
     # No CPU for the trial (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers); Tune
     # needs a non-empty request, so it reserves the driver process's memory instead.
     trainable = tune.with_resources(
@@ -214,8 +213,15 @@ def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
     tuner = tune.Tuner(
         trainable,
         param_space={"fold": tune.grid_search(folds)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=int(concurrency)),
-        run_config=tune.RunConfig(name="folds", verbose=0, **run_config_storage(job["ray_dir"])),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name="folds",
+            verbose=0,
+            # A trial lost with its node (it drives the fold's trainer) is started again; the trainer,
+            # same name and storage, resumes from the fold's latest checkpoint. Same budget as Train's.
+            failure_config=tune.FailureConfig(max_failures=int(job["train"]["max_failures"])),
+            **run_config_storage(job["ray_dir"]),
+        ),
     )
     results = tuner.fit()
     if results.errors:

@@ -187,6 +187,21 @@ def _searcher(tune_cfg: DictConfig, seed: int, start: dict[str, Any]) -> Any:
     raise ValueError(f"tune.search must be random, grid or optuna, not {tune_cfg.search!r}")
 
 
+def trial_concurrency(tune_cfg: DictConfig) -> int | None:
+    """``max_concurrent_trials`` for Tune: the configured bound, or (null) every trial at once.
+
+    Never what the cluster holds now: trials that do not fit wait in Tune's queue, and their pending
+    resource requests are what make an autoscaler add nodes. Random and grid search already queue
+    every trial (None); Optuna queues one trial at a time unless bounded, so it gets num_samples.
+    """
+    limit = tune_cfg.max_concurrent_trials
+    if limit is not None:
+        if int(limit) < 1:
+            raise ValueError(f"tune.max_concurrent_trials must be null or at least 1, got {limit}")
+        return int(limit)
+    return int(tune_cfg.num_samples) if tune_cfg.search == "optuna" else None
+
+
 def _start_keeping_asha() -> type:
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -375,7 +390,7 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
                 scheduler=scheduler,
                 # The seed is fixed, so a grid point run twice gives the same score twice.
                 num_samples=1 if cfg.tune.search == "grid" else int(cfg.tune.num_samples),
-                max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                max_concurrent_trials=trial_concurrency(cfg.tune),
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(

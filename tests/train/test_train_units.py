@@ -15,7 +15,7 @@ from ecmf_ray.data.manifest import manifest_path
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import align_branch, load_feature_set, read_label_table, replace_labels
-from ecmf_ray.train.distributed import folds_that_fit
+from ecmf_ray.train.distributed import fold_concurrency
 from ecmf_ray.train.folds import assign_folds
 from ecmf_ray.train.loop import FoldRun, epoch_batches, set_torch_threads
 from ecmf_ray.train.metrics import cv_summary, waf
@@ -180,10 +180,21 @@ def test_resumed_fold_matches_an_uninterrupted_one(fake_run, tmp_path):
     np.testing.assert_allclose(probs, straight.predict(rows), rtol=1e-5, atol=1e-6)
 
 
-def test_default_fold_concurrency_is_what_the_cluster_holds():
-    train = {"cpus_per_worker": 2, "num_workers": 1, "use_gpu": False, "gpus_per_worker": 0}
-    assert folds_that_fit(train, {"CPU": 16.0}) == 8
-    assert folds_that_fit(train, {"CPU": 1.0}) == 1  # never zero: the one fold waits for CPUs
-    gpu = {**train, "use_gpu": True}
-    assert folds_that_fit(gpu, {"CPU": 16.0, "GPU": 2.0}) == 2
-    assert folds_that_fit(gpu, {"CPU": 16.0}) == 1
+def test_fold_concurrency_is_bounded_by_config_not_by_the_cluster_at_the_start():
+    # null: every fold starts, whatever the cluster holds now (an autoscaling one may hold no worker yet).
+    assert fold_concurrency(None, 5) == 5
+    assert fold_concurrency(2, 5) == 2
+    assert fold_concurrency(8, 5) == 5
+    with pytest.raises(ValueError, match="max_concurrent_folds"):
+        fold_concurrency(0, 5)
+
+
+def test_trial_concurrency_is_bounded_by_config_not_by_the_cluster_at_the_start():
+    from ecmf_ray.train.tune import trial_concurrency
+
+    tune = OmegaConf.create({"max_concurrent_trials": None, "num_samples": 12, "search": "random"})
+    assert trial_concurrency(tune) is None  # Tune queues every trial itself
+    assert trial_concurrency(OmegaConf.merge(tune, {"search": "optuna"})) == 12
+    assert trial_concurrency(OmegaConf.merge(tune, {"max_concurrent_trials": 3})) == 3
+    with pytest.raises(ValueError, match="max_concurrent_trials"):
+        trial_concurrency(OmegaConf.merge(tune, {"max_concurrent_trials": 0}))
