@@ -40,6 +40,7 @@ from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import FeatureSet, label_table_digest, load_feature_set, read_label_table
 from ecmf_ray.train.loop import FoldRun, set_torch_threads
 from ecmf_ray.train.outputs import experiment_dir, fold_done, write_experiment, write_fold
+from ecmf_ray.train.progress import FoldProgress
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
 
     job = {**job, "data": [ray.put(data)]}  # in a list: passed as a reference, fetched by workers
     concurrency = fold_concurrency(job["train"]["max_concurrent_folds"], len(folds))
+    max_epochs = int(job["train"]["max_epochs"])
     # No CPU for the trial (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers); Tune
     # needs a non-empty request, so it reserves the driver process's memory instead.
     trainable = tune.with_resources(
@@ -220,6 +222,7 @@ def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
             # A trial lost with its node (it drives the fold's trainer) is started again; the trainer,
             # same name and storage, resumes from the fold's latest checkpoint. Same budget as Train's.
             failure_config=tune.FailureConfig(max_failures=int(job["train"]["max_failures"])),
+            callbacks=[FoldProgress(f"train {os.path.basename(job['exp_dir'])}", len(folds), max_epochs)],
             **run_config_storage(job["ray_dir"]),
         ),
     )
