@@ -8,6 +8,7 @@ session it was started in, never with `ray stop` or a pattern kill.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,42 +96,54 @@ def client_env(home: Path, token: Path | None) -> dict[str, str]:
     return clean_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
 
 
-def _end_session(leader: subprocess.Popen) -> None:
-    """Stop what ``leader`` started in its own session: its process group, then any stragglers of it."""
-    os.killpg(leader.pid, signal.SIGTERM)
-    try:
-        leader.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(leader.pid, signal.SIGKILL)
-        leader.wait()
-    # Ray puts some processes in process groups of their own, but they stay in our session.
+def _session_members(sid: int) -> list[int]:
+    members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getsid(int(entry.name)) == leader.pid:
-                    os.kill(int(entry.name), signal.SIGKILL)
+                if os.getsid(int(entry.name)) == sid:
+                    members.append(int(entry.name))
             except (ProcessLookupError, PermissionError):
                 continue
+    return members
+
+
+def _end_session(sid: int) -> None:
+    """Stop every process of the session ``sid`` (one this test started): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_members(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while _session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 @contextmanager
 def start_head(temp_dir: Path, env: Mapping[str, str], num_cpus: int = 2) -> Iterator[str]:
-    """`ray start --head --block` on free ports under ``temp_dir``; yields the dashboard (Jobs API) URL.
+    """`ray start --head` on free ports under ``temp_dir``, in a session of its own; yields the dashboard
+    (Jobs API) URL.
 
-    Its own --temp-dir keeps it out of /tmp/ray, so other tests' `ray.init` never attach to it.
+    Its own --temp-dir keeps it out of /tmp/ray, so other tests' `ray.init` never attach to it. Without
+    --block, as on a node: on a loaded machine a side process (the Ray client server) may time out while
+    starting, and --block would then take the whole head down.
     """
     dashboard = free_port()
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--num-cpus", str(num_cpus), "--disable-usage-stats",
+        [RAY, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
          "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
          "--dashboard-agent-listen-port", str(free_port()), "--include-dashboard=true",
          "--temp-dir", str(temp_dir)],
-        env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
+        output, _ = head.communicate(timeout=600)
+        assert head.returncode == 0, output[-3000:]
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        _end_session(head)
+        head.kill()
+        head.wait()
+        _end_session(head.pid)
 
 
 @dataclass(frozen=True)
