@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray 2.60 turns token auth on for every local cluster and, finding no token, writes one to
+# ~/.ray/auth_token. Every cluster the tests start (here and in subprocesses) uses this run's own token
+# under a temp dir instead, so nothing under ~ is read or written.
+_TOKEN_DIR = tempfile.mkdtemp(prefix="ecmf-tests-ray-token-")
+atexit.register(shutil.rmtree, _TOKEN_DIR, True)
+with open(os.path.join(_TOKEN_DIR, "auth_token"), "w") as _f:
+    _f.write(secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
 # Tests build tiny models locally; nothing may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
