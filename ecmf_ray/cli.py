@@ -21,7 +21,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="a YAML config (repeatable; later files win); 'local' and 'cluster' name the packaged profiles",
+        help="a YAML config (repeatable; later files win); 'local', 'workstation' and 'cluster' name packaged profiles",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="OmegaConf dotlist overrides")
 
