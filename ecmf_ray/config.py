@@ -55,9 +55,15 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"unknown config key '{key}' in {source}") from None
 
 
+def _interpolates(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    return OmegaConf.is_interpolation(OmegaConf.select(cfg, parent) if parent else cfg, leaf)
+
+
 def _check_required(cfg: DictConfig, required_by: dict[str, str]) -> None:
     """Raise naming every ``???`` value no later file or override supplied, and the file that left it."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    # A value that only interpolates a missing one (predict.output: ${run_dir}/...) is not itself required.
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not _interpolates(cfg, k))
     if missing:
         listed = ", ".join(f"'{key}' (required by {required_by.get(key, 'the config')})" for key in missing)
         raise ConfigError(f"required config values not given: {listed}; pass them as key=value overrides")

@@ -45,6 +45,7 @@ def test_cluster_profile_names_every_value_the_user_must_give():
         load_config(["cluster"])
     message = str(err.value)
     assert "'dataset.root'" in message and "'run_dir'" in message and "cluster.yaml" in message
+    assert "predict.output" not in message  # ${run_dir}/... is missing only because run_dir is
     with pytest.raises(ConfigError, match=r"'dataset\.root' \(required by .*cluster\.yaml\)") as err:
         load_config(["cluster"], ["run_dir=s3://b/run"])
     assert "run_dir" not in str(err.value)

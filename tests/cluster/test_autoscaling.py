@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import jsonschema
@@ -52,6 +53,11 @@ def fold_report_windows(exp_dir: Path) -> list[tuple[float, float]]:
         times = [json.loads(line)["timestamp"] for line in result.read_text().splitlines() if line.strip()]
         windows.append((min(times), max(times)))
     return windows
+
+
+def started_at(node: dict) -> float:
+    """A node's start in seconds since the epoch (`ray list nodes --detail` prints it as local time)."""
+    return datetime.fromisoformat(str(node["start_time_ms"])).timestamp()
 
 
 def most_at_once(windows: list[tuple[float, float]]) -> int:
@@ -100,7 +106,7 @@ def test_rehearsal_scales_from_zero_runs_the_pipeline_and_scales_back(tmp_path: 
         # GPU nodes came on demand, after the submission, and the encoder actors ran on them.
         nodes = state(cluster, "nodes")
         gpu_nodes = {n["node_id"]: n for n in nodes if n["resources_total"].get("GPU", 0) > 0}
-        assert gpu_nodes and all(n["start_time_ms"] / 1000 > submitted for n in gpu_nodes.values())
+        assert gpu_nodes and all(started_at(n) > submitted for n in gpu_nodes.values())
         encoders = [
             a for a in state(cluster, "actors")
             if any(name in (a.get("repr_name") or "") for name in ("ClipEncoder", "HubertEncoder", "RobertaEncoder"))
@@ -117,7 +123,7 @@ def test_rehearsal_scales_from_zero_runs_the_pipeline_and_scales_back(tmp_path: 
         cluster.remember()
         done = time.time()
         wait_for(lambda: len(alive_nodes(cluster)) == 1, idle_s + 120, 2, "the idle workers to be terminated")
-        first_gpu = min(n["start_time_ms"] for n in gpu_nodes.values()) / 1000
+        first_gpu = min(started_at(n) for n in gpu_nodes.values())
         print(
             f"\nfirst GPU node up {first_gpu - submitted:.1f} s after submit; {len(nodes) - 1} worker nodes;"
             f" folds at once: {most_at_once(windows)}; back to the head alone {time.time() - done:.0f} s after"
