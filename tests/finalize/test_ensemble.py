@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from fake_features import small_config
+from fake_features import small_config, write_fake_run
 
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
 from ecmf_ray.finalize.experiments import Experiment, experiment_name, with_labels, with_overrides
@@ -82,6 +82,7 @@ def test_variant_lists():
 
 
 def test_experiment_names_follow_config_and_label_content(tmp_path):
+    write_fake_run(str(tmp_path), n_train=12, n_test=2)  # names hash the run's data too
     cfg = small_config(str(tmp_path))
     refined = with_labels(cfg, pd.Series(["happy"], index=["v"]))
     name = experiment_name(refined)
@@ -135,6 +136,7 @@ def test_base_ablation_changes_one_thing_per_row_and_ends_at_the_ecmf_member(tmp
     from ecmf_ray.config import load_config
     from ecmf_ray.finalize.job import plan_variants
 
+    write_fake_run(str(tmp_path), n_train=12, n_test=2)  # names hash the run's data too
     cfg = load_config([], [f"run_dir={tmp_path}"])
     members, rows = plan_variants(cfg)
     entries = list(cfg.finalize.ablation)
