@@ -56,6 +56,7 @@ SCHEDULING_KEYS = (
     "gpus_per_worker",
     "checkpoint_every",
     "max_failures",
+    "worker_start_timeout_s",
 )
 
 
@@ -164,6 +165,9 @@ def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     # default, a long time next to an epoch of these small models; poll 4 times a second.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(_POLL_INTERVAL_S))
     fold, train_cfg = int(config["fold"]), job["train"]
+    # Every fold is requested at once, so a fold may wait its turn for a CPU (or for an autoscaler's
+    # node) far longer than Ray Train's 60 s default before its worker starts: waiting is not a failure.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(train_cfg["worker_start_timeout_s"]))
     resources = {"CPU": float(train_cfg["cpus_per_worker"])}
     if train_cfg["use_gpu"]:
         resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)
