@@ -1,6 +1,7 @@
 """The README's two set-up commands on a fresh clone: `make demo` / `make test` make and use .venv/ (so a
 PEP 668 system pip is never touched), CI runs `make test`, and the license is the one pyproject names."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,8 +13,10 @@ def make_plan(tmp_path: Path, target: str, *args: str) -> list[str]:
     """The commands `make TARGET` would run in a fresh clone (no .venv yet), without running them."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(REPO / name, tmp_path / name)
+    # Under CI's `make test`, MAKELEVEL/MAKEFLAGS would make this a sub-make that prints "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     out = subprocess.run(
-        ["make", "-n", target, *args], cwd=tmp_path, capture_output=True, text=True, check=True
+        ["make", "-n", target, *args], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )
     return out.stdout.splitlines()
 

@@ -44,8 +44,9 @@ def test_finalize_trains_the_tuned_config(ray_cluster, tmp_path):
         2,
         cfg.model.heads,
     )
-    (member,) = Path(run_dir, "train").glob("final-*")
-    trained = json.loads((member / "experiment.json").read_text())
+    # The member is a new final-* experiment, or train/ecmf reused when the start config won.
+    (member,) = json.loads(Path(run_dir, "final", "ensemble.json").read_text())["members"]
+    trained = json.loads(Path(member["experiment_dir"], "experiment.json").read_text())
     for section in ("model", "train"):
         for key, value in best[section].items():
             if key != "experiment":
