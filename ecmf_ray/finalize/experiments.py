@@ -7,6 +7,9 @@ finished one, an edited variant trains afresh, and two roles with the same confi
 an ensemble member) share one run. A finished experiment with the same fingerprint under any other name
 (the pipeline's ``train/<train.experiment>``) is used as it is, and labels identical to the manifest's
 are the manifest's, so the base config is trained once per run.
+
+Finalize trains in waves (:func:`run_variants`): each wave's experiments are one batch of concurrent
+trials over features loaded once for the whole finalize.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +30,9 @@ from ecmf_ray.config import ConfigError
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.train.data import label_table_digest, labels_of
 from ecmf_ray.train.outputs import experiment_dir
+
+if TYPE_CHECKING:
+    from ecmf_ray.train.distributed import SharedFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -101,22 +107,6 @@ def with_labels(cfg: DictConfig, labels: pd.Series | None) -> DictConfig:
     return with_overrides(cfg, [f"train.labels={uri}"], "finalize")
 
 
-def train_experiment(cfg: DictConfig, labels: pd.Series | None = None) -> str:
-    """Train ``cfg`` on ``labels`` as experiment :func:`experiment_name` (finished folds are kept); its folder.
-
-    A finished experiment that trained the same (under any name) is used instead.
-    """
-    from ecmf_ray.train.distributed import run_train
-
-    cfg = with_labels(cfg, labels)
-    found = find_experiment(cfg)
-    if found is not None:
-        logger.info("finalize: reusing %s (the same seed, model, train settings, labels and data)", found)
-        return found
-    cfg = with_overrides(cfg, [f"train.experiment={experiment_name(cfg)}"], "finalize")
-    return run_train(cfg)["experiment_dir"]
-
-
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """A finished experiment's outputs, as finalize reads them."""
@@ -142,7 +132,50 @@ class Experiment:
         return float(self.metrics["cv_waf"]["mean"])
 
 
-def run_variant(cfg: DictConfig, name: str, overrides: Sequence[str], labels: pd.Series | None) -> Experiment:
-    """Train (or find) ``cfg`` + ``overrides`` on ``labels`` and read its outputs."""
-    variant = with_overrides(cfg, overrides, f"finalize variant '{name}'")
-    return Experiment.read(name, train_experiment(variant, labels))
+@dataclasses.dataclass(frozen=True)
+class VariantRequest:
+    """One experiment finalize needs: a name, config overrides, and its labels (None: the manifest's)."""
+
+    name: str
+    overrides: Sequence[str]
+    labels: pd.Series | None = None
+
+
+def run_variants(
+    cfg: DictConfig, requests: Sequence[VariantRequest], shared: SharedFeatures | None, wave: str
+) -> list[Experiment]:
+    """Train (or find) every requested variant, all at once as one batch of trials; their outputs, in order.
+
+    A finished experiment that trained the same (under any name) is used as it is; requests that train
+    the same thing train once, as experiment :func:`experiment_name` (finished folds are kept).
+    """
+    from ecmf_ray.train.distributed import Batch, train_experiments
+
+    variants = [
+        with_labels(with_overrides(cfg, r.overrides, f"finalize variant '{r.name}'"), r.labels)
+        for r in requests
+    ]
+    found = [find_experiment(v) for v in variants]
+    to_train: dict[str, tuple[str, DictConfig]] = {}
+    for request, variant, exp_dir in zip(requests, variants, found, strict=True):
+        if exp_dir is not None:
+            logger.info("finalize: %s reuses %s (the same seed, model, train settings, labels and data)",
+                        request.name, exp_dir)  # fmt: skip
+            continue
+        name = experiment_name(variant)
+        if name not in to_train:
+            to_train[name] = (request.name, with_overrides(variant, [f"train.experiment={name}"], "finalize"))
+    if to_train:
+        batch = Batch(
+            tune_dir=storage.join(str(cfg.run_dir), "final", "ray"),
+            name=wave,
+            label=f"finalize {wave}",
+            max_concurrent_folds=cfg.finalize.max_concurrent_folds,
+            cap_key="finalize.max_concurrent_folds",
+        )
+        names, cfgs = zip(*to_train.values(), strict=True)
+        train_experiments(list(cfgs), shared, batch, list(names))
+    return [
+        Experiment.read(r.name, exp_dir or experiment_dir(str(cfg.run_dir), experiment_name(v)))
+        for r, v, exp_dir in zip(requests, variants, found, strict=True)
+    ]

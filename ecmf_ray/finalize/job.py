@@ -20,12 +20,19 @@ from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich.job import record_path as enrich_record_path
 from ecmf_ray.finalize.ensemble import Variant, ablation_variants, ensemble_variants, submission, vote
-from ecmf_ray.finalize.experiments import Experiment, run_variant, unnamed_fingerprint, with_overrides
+from ecmf_ray.finalize.experiments import (
+    Experiment,
+    VariantRequest,
+    run_variants,
+    unnamed_fingerprint,
+    with_overrides,
+)
 from ecmf_ray.finalize.pseudo import self_train
-from ecmf_ray.finalize.relabel import check_relabel_config, flows, run_relabel
+from ecmf_ray.finalize.relabel import check_relabel_config, flows, run_relabel, weak_classifiers
 from ecmf_ray.finalize.report import ReportInputs, write_report
 from ecmf_ray.finalize.scores import reference_labels
 from ecmf_ray.freshness import read_record, stale_reason, write_record
+from ecmf_ray.train.distributed import SharedFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +98,19 @@ def plan_variants(cfg: DictConfig) -> tuple[list[Variant], list[Variant]]:
     return members, rows
 
 
+def needed_branches(cfg: DictConfig, variants: list[Variant]) -> list[str]:
+    """Every feature branch finalize's experiments read: the weak classifiers' and the variants'."""
+    from ecmf_ray.models import validate_model_config
+
+    branches = {
+        b for v in variants for b in validate_model_config(with_overrides(cfg, v.overrides, v.name).model)
+    }
+    if cfg.finalize.relabel.enabled:
+        branches.update(b for r in weak_classifiers(cfg.finalize.relabel) for b in
+                        validate_model_config(with_overrides(cfg, r.overrides, r.name).model))  # fmt: skip
+    return sorted(branches)
+
+
 def run_finalize(cfg: DictConfig) -> dict:
     """Relabel, train the ensemble and ablation variants, vote, and write the submission and the report.
 
@@ -103,18 +123,27 @@ def run_finalize(cfg: DictConfig) -> dict:
     truth = read_truth(str(fc.truth)) if fc.truth else None
 
     member_variants, ablation_rows = plan_variants(cfg)
+    shared = SharedFeatures.load(run_dir, needed_branches(cfg, [*member_variants, *ablation_rows]),
+                                 int(cfg.train.folds), int(cfg.seed))  # fmt: skip
 
-    relabel = run_relabel(cfg, out_dir) if fc.relabel.enabled else None
+    relabel, weak = run_relabel(cfg, out_dir, shared) if fc.relabel.enabled else (None, [])
     # Without relabeling, "refined" rows and members learn the original labels (None: the manifest's).
     refined = relabel.set_index("video_id")["refined"] if relabel is not None else None
     labels = {"original": None, "refined": refined}
 
-    members = [(v, run_variant(cfg, v.name, v.overrides, labels[v.labels])) for v in member_variants]
+    # The second wave: members and ablation rows, all at once.
+    variants = [*member_variants, *ablation_rows]
+    trained = run_variants(cfg, [VariantRequest(v.name, v.overrides, labels[v.labels]) for v in variants],
+                           shared, "members")  # fmt: skip
+    members = list(zip(member_variants, trained[: len(member_variants)], strict=True))
+    ablation = list(zip(ablation_rows, trained[len(member_variants) :], strict=True))
     ensemble = vote([e for _, e in members])
-    ablation = [(v, run_variant(cfg, v.name, v.overrides, labels[v.labels])) for v in ablation_rows]
     sections: list[str] = []
+    timed = [("weak classifier", e) for e in weak] + [("member", e) for _, e in members]
+    timed += [("ablation row", e) for _, e in ablation]
     if fc.pseudo.enabled:
-        ensemble, members, sections = self_train(cfg, members, ensemble, labels, truth)
+        ensemble, members, sections = self_train(cfg, members, ensemble, labels, truth, shared)
+        timed += [("self-trained member", e) for _, e in members]
 
     storage.write_table(ensemble.oof, storage.join(out_dir, "ensemble_oof.parquet"))
     storage.write_table(ensemble.test, storage.join(out_dir, "ensemble_test.parquet"))
@@ -133,6 +162,7 @@ def run_finalize(cfg: DictConfig) -> dict:
             truth=truth,
             reference=reference_labels(run_dir, int(cfg.train.folds), int(cfg.seed)),
             sections=sections,
+            timed=timed,
         ),
     )
     write_ensemble_record(cfg, members)

@@ -9,14 +9,18 @@ again and the ensemble votes anew; the report compares the two rounds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from omegaconf import DictConfig
 
 from ecmf_ray.finalize.ensemble import EnsembleResult, Variant, vote
-from ecmf_ray.finalize.experiments import Experiment, run_variant
+from ecmf_ray.finalize.experiments import Experiment, VariantRequest, run_variants
 from ecmf_ray.finalize.report import markdown_table, pct, truth_waf
 from ecmf_ray.train.outputs import PROB_COLUMNS
+
+if TYPE_CHECKING:
+    from ecmf_ray.train.distributed import SharedFeatures
 
 
 def select_pseudo_labels(test: pd.DataFrame, threshold: float) -> pd.Series:
@@ -32,12 +36,15 @@ def self_train(
     ensemble: EnsembleResult,
     labels: dict[str, pd.Series | None],
     truth: pd.Series | None,
+    shared: SharedFeatures | None = None,
 ) -> tuple[EnsembleResult, list[tuple[Variant, Experiment]], list[str]]:
-    """Retrain every member with the ensemble's confident pseudo-labels; the new vote, members, report lines."""
+    """Retrain every member with the ensemble's confident pseudo-labels (one wave); the new vote, members,
+    report lines."""
     pseudo = select_pseudo_labels(ensemble.test, float(cfg.finalize.pseudo.threshold))
-    retrained = [
-        (v, run_variant(cfg, v.name, v.overrides, pd.concat([labels[v.labels], pseudo]))) for v, _ in members
+    requests = [
+        VariantRequest(v.name, v.overrides, pd.concat([labels[v.labels], pseudo])) for v, _ in members
     ]
+    retrained = list(zip([v for v, _ in members], run_variants(cfg, requests, shared, "pseudo"), strict=True))
     after = vote([e for _, e in retrained])
     rows = [
         ("ensemble", pct(ensemble.metrics["oof_waf"]), pct(truth_waf(ensemble.test, truth))),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.enrich import enrichment_path, llm_labels
 from ecmf_ray.enrich.sources import resolve_sources
 from ecmf_ray.enrich.text import text_label_sources
-from ecmf_ray.finalize.experiments import run_variant
+from ecmf_ray.finalize.experiments import Experiment, VariantRequest, run_variants
 from ecmf_ray.finalize.vote import (
     MISSING,
     RULES,
@@ -57,6 +57,9 @@ from ecmf_ray.finalize.vote import (
 from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
 from ecmf_ray.train.data import labels_of, read_label_table
 from ecmf_ray.train.outputs import PROB_COLUMNS
+
+if TYPE_CHECKING:
+    from ecmf_ray.train.distributed import SharedFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -203,17 +206,31 @@ def llm_voters(cfg: DictConfig) -> list[str]:
     return names
 
 
-def collect_votes(cfg: DictConfig, original: pd.Series) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Every source's vote on the training videos, and the weak classifiers' probabilities."""
+def weak_classifiers(rc: Any) -> list[VariantRequest]:
+    """One K-fold experiment per voter group, on the original labels (named ``weak <branches>``)."""
+    requests = []
+    for group in classifier_groups(rc.classifiers):
+        model = "unimodal" if len(group) == 1 else str(rc.group_model)
+        overrides = [f"model.name={model}", f"model.branches=[{','.join(group)}]", *rc.overrides]
+        requests.append(VariantRequest(f"weak {'+'.join(group)}", overrides))
+    return requests
+
+
+def collect_votes(
+    cfg: DictConfig, original: pd.Series, shared: SharedFeatures | None = None
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[Experiment]]:
+    """Every source's vote on the training videos, the weak classifiers' probabilities, and their experiments.
+
+    The weak classifiers train together, as finalize's first wave.
+    """
     rc = cfg.finalize.relabel
     votes: dict[str, pd.Series] = {}
     probabilities: dict[str, np.ndarray] = {}
-    for group in classifier_groups(rc.classifiers):
-        name = "+".join(group)
-        model = "unimodal" if len(group) == 1 else str(rc.group_model)
-        overrides = [f"model.name={model}", f"model.branches=[{','.join(group)}]", *rc.overrides]
-        oof = run_variant(cfg, f"weak {name}", overrides, None).oof.set_index("video_id")
-        oof = oof.reindex(original.index)
+    requests = weak_classifiers(rc)
+    experiments = run_variants(cfg, requests, shared, "weak")
+    for request, experiment in zip(requests, experiments, strict=True):
+        name = request.name.removeprefix("weak ")
+        oof = experiment.oof.set_index("video_id").reindex(original.index)
         votes[name] = oof["predicted"]
         probabilities[name] = oof[PROB_COLUMNS].fillna(0.0).to_numpy()
     names = llm_voters(cfg)
@@ -227,17 +244,19 @@ def collect_votes(cfg: DictConfig, original: pd.Series) -> tuple[pd.DataFrame, d
             votes[name] = labels[name].reindex(original.index)
     if not votes:
         raise ValueError("relabeling has no sources: set finalize.relabel.classifiers (or llm_sources)")
-    return pd.DataFrame(votes, index=original.index), probabilities
+    return pd.DataFrame(votes, index=original.index), probabilities, experiments
 
 
-def run_relabel(cfg: DictConfig, out_dir: str) -> pd.DataFrame:
-    """Vote on every training label and write the relabel outputs; returns the relabel table."""
+def run_relabel(
+    cfg: DictConfig, out_dir: str, shared: SharedFeatures | None = None
+) -> tuple[pd.DataFrame, list[Experiment]]:
+    """Vote on every training label and write the relabel outputs; the relabel table and the weak classifiers."""
     rc = cfg.finalize.relabel
     check_relabel_config(rc)
     manifest = read_manifest(manifest_path(cfg.run_dir))
     train = manifest[labels_of(manifest) >= 0]
     original = pd.Series(train["label"].to_numpy(dtype=object), index=train["video_id"].astype(str))
-    votes, probabilities = collect_votes(cfg, original)
+    votes, probabilities, weak = collect_votes(cfg, original, shared)
     table = refine(
         original,
         votes,
@@ -257,4 +276,4 @@ def run_relabel(cfg: DictConfig, out_dir: str) -> pd.DataFrame:
         "relabel: %d of %d labels changed, %d for review (rule %s; sources: %s)",
         int(table["changed"].sum()), len(table), len(queue), rc.rule, ", ".join(votes.columns),
     )  # fmt: skip
-    return table
+    return table, weak

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ class ReportInputs:
     truth: pd.Series | None = None
     reference: pd.DataFrame | None = None
     sections: list[str] = field(default_factory=list)  # extra markdown (the self-training round)
+    timed: list[tuple[str, Experiment]] = field(default_factory=list)  # (role, experiment) of every run
 
 
 def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -226,6 +228,46 @@ def _per_class_f1(series: dict[str, dict[str, float]], uri: str) -> None:
     _save(fig, uri)
 
 
+def minutes_between(started_at: str | None, finished_at: str | None) -> str:
+    if not (started_at and finished_at):
+        return ""
+    seconds = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()
+    return f"{seconds / 60:.1f}"
+
+
+def training_time(timed: Sequence[tuple[str, Experiment]]) -> list[str]:
+    """The section listing every experiment finalize used, once, with when it trained and for how long."""
+    if not timed:
+        return []
+    seen: set[str] = set()
+    rows = []
+    for role, e in timed:
+        if e.exp_dir in seen:
+            continue
+        seen.add(e.exp_dir)
+        start, end = e.metrics.get("started_at"), e.metrics.get("finished_at")
+        rows.append(
+            (
+                e.name,
+                role,
+                f"`{e.exp_dir.rsplit('/', 1)[-1]}`",
+                start or "",
+                end or "",
+                minutes_between(start, end),
+            )
+        )
+    return [
+        "## Training time",
+        "",
+        "Each experiment from its first fold's start to its last fold's end (UTC). The experiments of a wave "
+        "(weak classifiers; members and ablation rows; self-training) train side by side, so their times "
+        "overlap. An experiment found from an earlier run keeps its own times.",
+        "",
+        markdown_table(rows, ["experiment", "role", "folder", "started", "finished", "minutes"]),
+        "",
+    ]
+
+
 def write_report(out_dir: str, inputs: ReportInputs) -> str:
     """Write the plots and ``report.md`` under ``out_dir``; returns the report's URI."""
     import matplotlib
@@ -338,6 +380,7 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
             "",
         ]
     lines += inputs.sections
+    lines += training_time(inputs.timed)
     uri = storage.join(out_dir, "report.md")
     storage.write_text(uri, "\n".join(lines) + "\n")
     return uri

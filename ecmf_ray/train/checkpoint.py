@@ -12,10 +12,12 @@ from safetensors.torch import save as save_bytes
 from ecmf_ray import storage
 
 
-def save_tensors(uri: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write ``tensors`` with ``metadata`` (each value stored as JSON) to a local path or URI."""
+def save_tensors(uri: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> int:
+    """Write ``tensors`` with ``metadata`` (each value stored as JSON) to a local path or URI; the bytes written."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    storage.write_bytes(uri, save_bytes(tensors, {k: json.dumps(v) for k, v in metadata.items()}))
+    data = save_bytes(tensors, {k: json.dumps(v) for k, v in metadata.items()})
+    storage.write_bytes(uri, data)
+    return len(data)
 
 
 def load_tensors(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,19 @@ class FeatureSet:
     def predict_rows(self) -> np.ndarray:
         """Rows to predict with every fold model: the test and unlabelled candidates."""
         return np.flatnonzero(np.isin(self.split, PREDICT_SPLITS))
+
+    def select(self, branches: list[str] | tuple[str, ...]) -> FeatureSet:
+        """The same rows with only ``branches``, in that order (no copy of the feature arrays)."""
+        missing = [b for b in branches if b not in self.branches]
+        if missing:
+            raise ValueError(f"branch(es) {missing} were not loaded (loaded: {list(self.branches)})")
+        index = [self.branches.index(b) for b in branches]
+        return replace(
+            self,
+            branches=tuple(branches),
+            features=tuple(self.features[i] for i in index),
+            present=self.present[:, index],
+        )
 
 
 def align_branch(manifest_ids: pd.Index, ids: list[str], matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,20 +178,24 @@ def load_feature_set(
             logger.warning("branch %s: %d of %d videos have no feature; masked", branch, missing, len(ids))
         features.append(matrix)
         presence.append(present)
-    video_ids = ids.to_numpy(dtype=object)
-    split = manifest["split"].astype(str).to_numpy(dtype=object)
     original = labels_of(manifest)
-    labels = original
-    if labels_uri:
-        table = read_label_table(labels_uri)
-        labels = replace_labels(video_ids, split, original, table, f"train.labels ({labels_uri})")
-    return FeatureSet(
-        video_ids=video_ids,
-        split=split,
-        labels=labels,
+    data = FeatureSet(
+        video_ids=ids.to_numpy(dtype=object),
+        split=manifest["split"].astype(str).to_numpy(dtype=object),
+        labels=original,
         # On the manifest's labels: pseudo-labelled rows (-1 there) are never held out.
         folds=assign_folds(original, n_folds, seed),
         branches=tuple(branches),
         features=tuple(features),
         present=np.stack(presence, axis=1),
     )
+    return with_label_table(data, labels_uri)
+
+
+def with_label_table(data: FeatureSet, labels_uri: str | None) -> FeatureSet:
+    """``data`` (on the manifest's labels) learning ``train.labels`` instead; unchanged when None."""
+    if not labels_uri:
+        return data
+    table = read_label_table(labels_uri)
+    labels = replace_labels(data.video_ids, data.split, data.labels, table, f"train.labels ({labels_uri})")
+    return replace(data, labels=labels)

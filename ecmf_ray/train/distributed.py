@@ -8,13 +8,20 @@ resources (``train.num_workers`` x ``train.cpus_per_worker`` / GPUs), and up to
 for them, which is what makes an autoscaling cluster add nodes. One worker per fold is the right
 size for these small models; several workers train with DDP.
 
-Data. The driver reads the manifest and features once and puts them in the object store; the
-workers of a node share that copy, zero-copy.
+Batches. :func:`train_experiments` trains several experiments (finalize's weak classifiers, ensemble
+members and ablation rows) as one grid of (experiment, fold) trials, fold-major, so they run side by
+side; ``train`` is a batch of one.
+
+Data. The driver reads the manifest and every branch the batch needs once and puts them in the
+object store once (:class:`SharedFeatures`); each worker takes its experiment's branches and labels
+from that copy, and the workers of a node share it, zero-copy.
 
 Storage and resume. Everything lives under ``${run_dir}/train/<experiment>/`` (see
 :mod:`ecmf_ray.train.outputs`); Tune and Train state go to its ``ray/`` folder through a pyarrow
 filesystem, so s3:// works. Workers report metrics with a safetensors training-state checkpoint
-through ``ray.train.report`` every ``train.checkpoint_every`` epochs and when the fold stops. A fold is
+(model and optimizer) through ``ray.train.report`` every ``train.checkpoint_every`` epochs and when
+the fold stops; the best epoch's weights, which change far less often, are written beside the fold's
+results only when they change. A fold is
 complete once its ``result.json`` exists. A rerun skips complete folds and starts a fresh Tune
 grid over the others; each of their ``TorchTrainer`` runs has the same name and storage path as
 before, which makes Ray Train V2 hand the worker its latest checkpoint. (``Tuner.restore`` is not
@@ -29,6 +36,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,9 +47,15 @@ from ecmf_ray import storage
 from ecmf_ray.freshness import changed_keys, data_digest, read_record, stale_reason
 from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
-from ecmf_ray.train.data import FeatureSet, label_table_digest, load_feature_set, read_label_table
+from ecmf_ray.train.data import (
+    FeatureSet,
+    label_table_digest,
+    load_feature_set,
+    read_label_table,
+    with_label_table,
+)
 from ecmf_ray.train.loop import FoldRun, set_torch_threads
-from ecmf_ray.train.outputs import experiment_dir, fold_done, write_experiment, write_fold
+from ecmf_ray.train.outputs import experiment_dir, fold_dir, fold_done, write_experiment, write_fold
 from ecmf_ray.train.progress import FoldProgress
 
 logger = logging.getLogger(__name__)
@@ -101,15 +117,43 @@ def claim_experiment(exp_dir: str, fingerprint: dict[str, Any]) -> None:
     storage.write_text(uri, json.dumps(fingerprint, indent=1, sort_keys=True))
 
 
-def _report(run: FoldRun, metrics: dict[str, Any], rank: int) -> None:
-    """Report to Ray Train with the fold's training state as the checkpoint (rank 0 writes it)."""
+def best_weights_path(exp_dir: str, fold: int, epoch: int) -> str:
+    return storage.join(fold_dir(exp_dir, fold), f"best-epoch{epoch}.safetensors")
+
+
+def _report(run: FoldRun, metrics: dict[str, Any], rank: int, exp_dir: str, saved_best: int | None) -> int:
+    """Report to Ray Train with the fold's training state as the checkpoint (rank 0 writes it).
+
+    The checkpoint holds the model and optimizer; the best epoch's weights go to their own file, written
+    only when the best epoch changed since the last report, and the previous one is dropped once the new
+    checkpoint is in. Returns the bytes rank 0 wrote.
+    """
     import ray.train
 
+    written = 0
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            save_tensors(os.path.join(tmp, STATE_FILE), *run.state())
+            if run.best_epoch != saved_best:
+                written += save_tensors(
+                    best_weights_path(exp_dir, run.fold, run.best_epoch), *run.best_weights()
+                )
+            written += save_tensors(os.path.join(tmp, STATE_FILE), *run.state())
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
+    if rank == 0 and saved_best is not None and saved_best != run.best_epoch:
+        storage.remove(best_weights_path(exp_dir, run.fold, saved_best))  # no checkpoint kept refers to it
+    return written
+
+
+def utc_now() -> str:
+    """Now, ISO 8601 in UTC to the millisecond (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def experiment_view(shared: FeatureSet, job: dict[str, Any]) -> FeatureSet:
+    """One experiment's inputs from the shared features: its branches, and its labels where it has its own."""
+    data = shared.select(job["branches"])
+    return data if job["labels"] is None else replace(data, labels=job["labels"])
 
 
 def fold_worker(config: dict[str, Any]) -> None:
@@ -118,10 +162,11 @@ def fold_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    started_at = utc_now()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     set_torch_threads(config["threads"])
-    data: FeatureSet = ray.get(config["data"][0])
+    data = experiment_view(ray.get(config["data"][0]), config)
     train_cfg = config["train"]
     device = ray.train.torch.get_device() if train_cfg["use_gpu"] else "cpu"
     run = FoldRun(
@@ -130,21 +175,37 @@ def fold_worker(config: dict[str, Any]) -> None:
     )  # fmt: skip
     if world_size > 1:
         run.distribute(ray.train.torch.prepare_model)
+    exp_dir, saved_best = config["exp_dir"], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run.load_state(*load_tensors(os.path.join(folder, STATE_FILE)))
+        saved_best = run.best_epoch
+        run.load_best(*load_tensors(best_weights_path(exp_dir, run.fold, saved_best)))
         logger.info("fold %d resumes after epoch %d", run.fold, run.epoch)
-    resumed_from = run.epoch
+    resumed_from, checkpoint_bytes = run.epoch, 0
     every = max(1, int(train_cfg["checkpoint_every"]))
     while not run.done:
         metrics = run.step()
         # Each report waits for the controller's next poll, so report (and checkpoint) only
         # every few epochs; the full history goes to result.json anyway.
         if run.done or run.epoch % every == 0:
-            _report(run, metrics, rank)
+            checkpoint_bytes += _report(run, metrics, rank, exp_dir, saved_best)
+            saved_best = run.best_epoch
     if rank == 0:
-        write_fold(config["exp_dir"], run, data, resumed_from)
+        record = {
+            "resumed_from_epoch": resumed_from,
+            "started_at": started_at,
+            "finished_at": utc_now(),
+            "checkpoint_bytes": checkpoint_bytes,
+        }
+        write_fold(exp_dir, run, data, record)
+        # The fold's model is in checkpoints/ now and a finished fold is never resumed: drop every best-weights
+        # file (one left by a run killed between writing a new one and reporting it too).
+        folder = fold_dir(exp_dir, run.fold)
+        for name in storage.listdir(folder):
+            if name.startswith("best-epoch"):
+                storage.remove(storage.join(folder, name))
 
 
 def run_config_storage(uri: str) -> dict[str, Any]:
@@ -155,8 +216,11 @@ def run_config_storage(uri: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
-def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    """Tune trial: run fold ``config["fold"]`` as a TorchTrainer and return its result."""
+def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[Any]) -> dict[str, Any]:
+    """Tune trial: run the fold of ``config["task"]`` (experiment index, fold) as a TorchTrainer.
+
+    ``data``: the shared features' object reference, in a list so that Tune passes the reference.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -164,7 +228,8 @@ def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     # The controller started below polls its workers (and so takes each report) every 2 s by
     # default, a long time next to an epoch of these small models; poll 4 times a second.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(_POLL_INTERVAL_S))
-    fold, train_cfg = int(config["fold"]), job["train"]
+    fold, job = int(config["task"]["fold"]), jobs[int(config["task"]["experiment"])]
+    train_cfg = job["train"]
     # Every fold is requested at once, so a fold may wait its turn for a CPU (or for an autoscaler's
     # node) far longer than Ray Train's 60 s default before its worker starts: waiting is not a failure.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(train_cfg["worker_start_timeout_s"]))
@@ -173,7 +238,7 @@ def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)
     trainer = TorchTrainer(
         fold_worker,
-        train_loop_config={**job, "fold": fold},
+        train_loop_config={**job, "fold": fold, "data": data},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(train_cfg["num_workers"]),
             use_gpu=bool(train_cfg["use_gpu"]),
@@ -191,53 +256,97 @@ def fold_trial(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     return {"fold": fold, **(result.metrics or {})}
 
 
-def fold_concurrency(max_concurrent_folds: int | None, n_folds: int) -> int:
-    """How many fold trials run at once: ``train.max_concurrent_folds``, or every fold when null.
+def fold_concurrency(
+    max_concurrent_folds: int | None, n_folds: int, key: str = "train.max_concurrent_folds"
+) -> int:
+    """How many fold trials run at once: ``max_concurrent_folds``, or every fold when null.
 
     Never what the cluster holds at the start: a cluster that autoscales from zero workers holds
     nothing then. Trials that do not fit wait in Tune's queue, and their pending resource requests
     are what make an autoscaler add nodes.
     """
     if max_concurrent_folds is not None and int(max_concurrent_folds) < 1:
-        raise ValueError(f"train.max_concurrent_folds must be null or at least 1, got {max_concurrent_folds}")
+        raise ValueError(f"{key} must be null or at least 1, got {max_concurrent_folds}")
     return max(1, min(n_folds, int(max_concurrent_folds or n_folds)))
 
 
-def run_folds(data: FeatureSet, folds: list[int], job: dict[str, Any]) -> None:
-    """Train ``folds`` as Tune trials, at most ``train.max_concurrent_folds`` (default: all) at once."""
-    import ray
+@dataclass(frozen=True)
+class SharedFeatures:
+    """Every branch a batch of experiments needs, on the manifest's labels: read once, one object-store copy.
+
+    Each experiment's trials take their branches (and labels) from this one copy, zero-copy.
+    """
+
+    data: FeatureSet
+    ref: Any
+
+    @classmethod
+    def load(cls, run_dir: str, branches: list[str], n_folds: int, seed: int) -> SharedFeatures:
+        import ray
+
+        data = load_feature_set(run_dir, sorted(set(branches)), n_folds, seed)
+        return cls(data, ray.put(data))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Where a batch of experiments keeps its Tune state, what it is called in logs, and its fold cap."""
+
+    tune_dir: str
+    name: str = "folds"
+    label: str = "train"
+    max_concurrent_folds: int | None = None
+    cap_key: str = "train.max_concurrent_folds"
+
+
+def run_fold_trials(
+    shared: SharedFeatures,
+    jobs: list[dict[str, Any]],
+    tasks: list[tuple[int, int]],
+    batch: Batch,
+    names: list[str],
+) -> None:
+    """Train ``tasks`` ((experiment, fold) pairs) as one grid of Tune trials, all requested at once.
+
+    Bounded only by the cluster's resources and ``batch.max_concurrent_folds``.
+    """
     from ray import tune
 
-    job = {**job, "data": [ray.put(data)]}  # in a list: passed as a reference, fetched by workers
-    concurrency = fold_concurrency(job["train"]["max_concurrent_folds"], len(folds))
-    max_epochs = int(job["train"]["max_epochs"])
+    concurrency = fold_concurrency(batch.max_concurrent_folds, len(tasks), batch.cap_key)
+    train = jobs[0]["train"]
     # No CPU for the trial (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers); Tune
     # needs a non-empty request, so it reserves the driver process's memory instead.
     trainable = tune.with_resources(
-        tune.with_parameters(fold_trial, job=job), {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES}
+        tune.with_parameters(fold_trial, jobs=jobs, data=[shared.ref]),
+        {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES},
     )
+    progress = FoldProgress(batch.label, tasks, names, max(int(j["train"]["max_epochs"]) for j in jobs))
     tuner = tune.Tuner(
         trainable,
-        param_space={"fold": tune.grid_search(folds)},
+        param_space={"task": tune.grid_search([{"experiment": e, "fold": fold} for e, fold in tasks])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
-            name="folds",
+            name=batch.name,
             verbose=0,
             # A trial lost with its node (it drives the fold's trainer) is started again; the trainer,
             # same name and storage, resumes from the fold's latest checkpoint. Same budget as Train's.
-            failure_config=tune.FailureConfig(max_failures=int(job["train"]["max_failures"])),
-            callbacks=[FoldProgress(f"train {os.path.basename(job['exp_dir'])}", len(folds), max_epochs)],
-            **run_config_storage(job["ray_dir"]),
+            failure_config=tune.FailureConfig(max_failures=int(train["max_failures"])),
+            callbacks=[progress],
+            **run_config_storage(batch.tune_dir),
         ),
     )
     results = tuner.fit()
     if results.errors:
-        failed = [r.config.get("fold") for r in results if r.error]
-        raise RuntimeError(f"training failed for fold(s) {failed}: {results.errors[0]}")
+        failed = [tasks_label(names, r.config["task"]) for r in results if r.error]
+        raise RuntimeError(f"training failed for {', '.join(failed)}: {results.errors[0]}")
 
 
-def fold_job(cfg: DictConfig, exp_dir: str) -> dict[str, Any]:
-    """The plain-dict settings every fold trial and worker gets."""
+def tasks_label(names: list[str], task: dict[str, int]) -> str:
+    return f"{names[int(task['experiment'])]} fold {int(task['fold'])}"
+
+
+def fold_job(cfg: DictConfig, exp_dir: str, branches: list[str], labels: Any) -> dict[str, Any]:
+    """The plain-dict settings every fold trial and worker of one experiment gets."""
     train = OmegaConf.to_container(cfg.train, resolve=True)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -246,7 +355,81 @@ def fold_job(cfg: DictConfig, exp_dir: str) -> dict[str, Any]:
         "exp_dir": exp_dir,
         "ray_dir": storage.join(exp_dir, "ray"),
         "threads": max(1, int(train["cpus_per_worker"])),
+        "branches": branches,
+        "labels": labels,
     }
+
+
+def train_experiments(
+    cfgs: Sequence[DictConfig],
+    shared: SharedFeatures | None = None,
+    batch: Batch | None = None,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every experiment's unfinished folds together, as one batch of concurrent Tune trials.
+
+    ``cfgs`` share run_dir, seed and ``train.folds``; each names its experiment (``train.experiment``).
+    ``shared``: features holding every branch they use (else read here). ``batch``: defaults to the
+    single experiment's own ``ray/`` folder. Needs a Ray session. Returns each experiment's summary.
+    """
+    run_dir = storage.resolve(cfgs[0].run_dir, os.getcwd())
+    n_folds, seed = int(cfgs[0].train.folds), int(cfgs[0].seed)
+    plans = []
+    for cfg in cfgs:
+        if (int(cfg.train.folds), int(cfg.seed), storage.resolve(cfg.run_dir, os.getcwd())) != (
+            n_folds,
+            seed,
+            run_dir,
+        ):
+            raise ValueError("experiments trained together must share run_dir, seed and train.folds")
+        if int(cfg.train.num_workers) < 1:
+            # num_workers=0 is Ray Train's local mode, which persists no checkpoints to resume from.
+            raise ValueError("train.num_workers must be at least 1")
+        branches = validate_model_config(cfg.model)
+        exp_dir = experiment_dir(run_dir, str(cfg.train.experiment))
+        claim_experiment(exp_dir, experiment_fingerprint(cfg))
+        plans.append((cfg, exp_dir, branches))
+    if shared is None:
+        shared = SharedFeatures.load(
+            run_dir, [b for _, _, branches in plans for b in branches], n_folds, seed
+        )
+    views = [with_label_table(shared.data.select(branches), cfg.train.labels) for cfg, _, branches in plans]
+    jobs = [
+        fold_job(cfg, exp_dir, branches, view.labels if cfg.train.labels else None)
+        for (cfg, exp_dir, branches), view in zip(plans, views, strict=True)
+    ]
+    names = list(names or [os.path.basename(exp_dir) for _, exp_dir, _ in plans])
+    # Fold-major: every experiment's first fold is asked for first, so experiments run side by side.
+    tasks = [
+        (e, fold)
+        for fold in range(n_folds)
+        for e, job in enumerate(jobs)
+        if not fold_done(job["exp_dir"], fold)
+    ]
+    if tasks:
+        if batch is None:
+            if len(plans) > 1:
+                raise ValueError("several experiments need a Batch (where their Tune state goes)")
+            batch = Batch(
+                storage.join(plans[0][1], "ray"), max_concurrent_folds=cfgs[0].train.max_concurrent_folds
+            )
+        logger.info(
+            "%s: training %d fold(s) of %d experiment(s): %s",
+            batch.label,
+            len(tasks),
+            len(plans),
+            ", ".join(names),
+        )
+        run_fold_trials(shared, jobs, tasks, batch, names)
+    summaries = []
+    for (cfg, exp_dir, branches), view in zip(plans, views, strict=True):
+        extra = {"experiment": str(cfg.train.experiment), "model": str(cfg.model.name), "branches": branches}
+        metrics = write_experiment(exp_dir, view, extra=extra)
+        logger.info("cv_waf %.4f ± %.4f -> %s", metrics["cv_waf"]["mean"], metrics["cv_waf"]["std"], exp_dir)
+        summaries.append(
+            {"experiment_dir": exp_dir, "cv_waf": metrics["cv_waf"], "per_fold": metrics["per_fold"]}
+        )
+    return summaries
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -255,22 +438,4 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     Needs a Ray session (:func:`ecmf_ray.runtime.init_ray`). Returns cv_waf, per-fold scores and
     the experiment folder.
     """
-    run_dir = storage.resolve(cfg.run_dir, os.getcwd())
-    branches = validate_model_config(cfg.model)
-    if int(cfg.train.num_workers) < 1:
-        # num_workers=0 is Ray Train's local mode, which persists no checkpoints to resume from.
-        raise ValueError("train.num_workers must be at least 1")
-    exp_dir = experiment_dir(run_dir, str(cfg.train.experiment))
-    claim_experiment(exp_dir, experiment_fingerprint(cfg))
-    data = load_feature_set(run_dir, branches, int(cfg.train.folds), int(cfg.seed), cfg.train.labels)
-    todo = [fold for fold in range(data.n_folds) if not fold_done(exp_dir, fold)]
-    if todo:
-        logger.info("training fold(s) %s of %d into %s", todo, data.n_folds, exp_dir)
-        run_folds(data, todo, fold_job(cfg, exp_dir))
-    metrics = write_experiment(
-        exp_dir,
-        data,
-        extra={"experiment": str(cfg.train.experiment), "model": str(cfg.model.name), "branches": branches},
-    )
-    logger.info("cv_waf %.4f ± %.4f -> %s", metrics["cv_waf"]["mean"], metrics["cv_waf"]["std"], exp_dir)
-    return {"experiment_dir": exp_dir, "cv_waf": metrics["cv_waf"], "per_fold": metrics["per_fold"]}
+    return train_experiments([cfg])[0]

@@ -228,10 +228,12 @@ class FoldRun:
     # -- checkpointing: tensors for safetensors, the rest as JSON-able metadata --
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything needed to continue this fold exactly where it is."""
+        """Everything needed to continue this fold exactly where it is, but the best epoch's weights.
+
+        Those change far less often than every checkpoint: :meth:`best_weights` saves them on their own.
+        """
         optim_tensors, param_groups = flatten_optimizer(self.optimizer.state_dict())
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         tensors.update(optim_tensors)
         meta = {
             "fold": self.fold,
@@ -257,12 +259,27 @@ class FoldRun:
                 f"this run by '{self.select_epoch}'"
             )
         self.model.load_state_dict(prefixed(tensors, "model"))
-        self.best_state = prefixed(tensors, "best")
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["param_groups"]))
         self.epoch, self.done, self.history = meta["epoch"], meta["done"], list(meta["history"])
         self.best_waf, self.best_accuracy = meta["best_waf"], meta["best_accuracy"]
         self.best_epoch, self.best_select = meta["best_epoch"], meta["best_select"]
         self.fold_selected_waf = meta["fold_selected_waf"]
+
+    def best_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The best epoch's weights so far, to resume with the :meth:`state` of the same ``best_epoch``."""
+        return {f"best.{k}": v for k, v in self.best_state.items()}, {
+            "fold": self.fold,
+            "best_epoch": self.best_epoch,
+        }
+
+    def load_best(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore :meth:`best_weights` after :meth:`load_state`; they must be of the state's best epoch."""
+        if (meta["fold"], meta["best_epoch"]) != (self.fold, self.best_epoch):
+            raise ValueError(
+                f"best weights of fold {meta['fold']} epoch {meta['best_epoch']} given to fold {self.fold}, "
+                f"whose checkpoint's best epoch is {self.best_epoch}"
+            )
+        self.best_state = prefixed(tensors, "best")
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The best model and this fold's standardiser, for ``checkpoints/fold<k>.safetensors``."""

@@ -8,8 +8,10 @@ test_pred.parquet                 video_id, split, prob_<class> x6 (mean over fo
 checkpoints/fold<k>.safetensors   best epoch's weights (``model.*``) and the fold's standardiser
                                   (``standardizer.<branch>.mean|std``); metadata: model config,
                                   branches, dims, classes, fold, best_epoch, waf
-folds/fold<k>/                    result.json (scores, history) and predictions.parquet per fold
-ray/                              Ray Tune / Ray Train state and resume checkpoints
+folds/fold<k>/                    result.json (scores, history, start/end time, checkpoint bytes) and
+                                  predictions.parquet per fold; while the fold trains, the best epoch's
+                                  weights so far (best-epoch<N>.safetensors, which resume needs)
+ray/                              Ray Tune / Ray Train state and resume checkpoints (model + optimizer)
 ================================  ===============================================================
 """
 
@@ -48,10 +50,12 @@ def fold_done(exp_dir: str, fold: int) -> bool:
     return storage.exists(storage.join(fold_dir(exp_dir, fold), "result.json"))
 
 
-def write_fold(exp_dir: str, run: FoldRun, data: FeatureSet, resumed_from_epoch: int = 0) -> None:
+def write_fold(exp_dir: str, run: FoldRun, data: FeatureSet, record: dict | None = None) -> None:
     """A finished fold's best model, its held-out and test predictions, and its scores.
 
-    result.json goes last: its presence marks the fold as complete.
+    ``record``: what the run that finished the fold adds to result.json (``resumed_from_epoch``,
+    ``started_at`` / ``finished_at`` in ISO 8601 UTC, ``checkpoint_bytes``). result.json goes last: its
+    presence marks the fold as complete.
     """
     run.use_best()
     save_tensors(checkpoint_path(exp_dir, run.fold), *run.export())
@@ -64,7 +68,7 @@ def write_fold(exp_dir: str, run: FoldRun, data: FeatureSet, resumed_from_epoch:
         **run.summary(),
         "n_train": len(run.train_rows),
         "n_val": len(run.val_rows),
-        "resumed_from_epoch": resumed_from_epoch,
+        **(record or {}),
         "history": run.history,
     }
     storage.write_text(storage.join(fold_dir(exp_dir, run.fold), "result.json"), json.dumps(result, indent=1))
@@ -113,11 +117,23 @@ def assemble(
     return cv_summary(per_fold, y_true, y_pred), oof, test
 
 
+def training_span(results: list[dict]) -> dict[str, str | None]:
+    """``started_at`` of the first fold to start and ``finished_at`` of the last to finish (ISO 8601 UTC)."""
+    starts = [r["started_at"] for r in results if r.get("started_at")]
+    ends = [r["finished_at"] for r in results if r.get("finished_at")]
+    return {"started_at": min(starts, default=None), "finished_at": max(ends, default=None)}
+
+
 def write_experiment(exp_dir: str, data: FeatureSet, extra: dict | None = None) -> dict:
     """Collect every fold under ``exp_dir`` and write metrics.json, oof.parquet and test_pred.parquet."""
     folds = [read_fold(exp_dir, fold) for fold in range(data.n_folds)]
     metrics, oof, test = assemble(data, folds)
-    metrics = {**(extra or {}), "folds": data.n_folds, **metrics}
+    metrics = {
+        **(extra or {}),
+        "folds": data.n_folds,
+        **training_span([result for result, _ in folds]),
+        **metrics,
+    }
     storage.write_table(oof, storage.join(exp_dir, "oof.parquet"))
     storage.write_table(test, storage.join(exp_dir, "test_pred.parquet"))
     storage.write_text(storage.join(exp_dir, "metrics.json"), json.dumps(metrics, indent=1))

@@ -2,12 +2,18 @@
 
 Ray Tune's own table is off for the fold trials (it shows trial ids, not folds). Instead a Tune callback
 collects each fold's reports (epoch, best held-out WAF so far) and logs one compact line every
-``interval_s`` seconds, and one when a fold finishes::
+``interval_s`` seconds, and one when a fold finishes. One experiment (``train``)::
 
-    train ecmf: 2/5 folds done, 2 running, 1 waiting | fold2 epoch 40/200 best 0.712 eta ≤3m10s | ...
+    train ecmf: 2/5 folds done, 2 running, 1 waiting, eta ≤6m20s | fold2 epoch 40/200 best 0.712 eta ≤3m10s | ...
+
+A batch of experiments (a finalize wave) leads with the experiments::
+
+    finalize members: 3/16 experiments done, 4 running, 9 waiting; 20/96 folds, eta ≤1h10m | ecmf/fold2 epoch 40/200 best 0.712 eta ≤3m10s | ...
 
 No control characters: the same lines serve a terminal, CI logs and ``ray job logs``. ETAs are upper
-bounds (early stopping usually ends a fold sooner) from each fold's own seconds per epoch.
+bounds (early stopping usually ends a fold sooner): a fold's from its own seconds per epoch, the whole
+batch's from the running folds' mean pace, their remaining epochs and the waiting folds', spread over
+as many folds as are running.
 """
 
 from __future__ import annotations
@@ -51,39 +57,78 @@ def format_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def format_progress(label: str, folds: dict[int, FoldState], total: int, max_epochs: int) -> str:
-    """One line: folds done / running / waiting, then epoch, best WAF and ETA of each running fold."""
-    done = sum(s.done for s in folds.values())
-    running = {k: s for k, s in sorted(folds.items()) if not s.done}
-    waiting = total - len(folds)
-    parts = [f"{label}: {done}/{total} folds done, {len(running)} running, {waiting} waiting"]
-    for fold, state in running.items():
+def batch_eta(states: list[FoldState], waiting: int, max_epochs: int) -> float | None:
+    """Seconds until every fold is done, at most: remaining fold-epochs x mean pace / folds running."""
+    running = [s for s in states if not s.done]
+    paces = [p for p in (s.seconds_per_epoch() for s in running) if p is not None]
+    if not paces:
+        return None
+    remaining = sum(max(0, max_epochs - s.epoch) for s in running) + waiting * max_epochs
+    return sum(paces) / len(paces) * remaining / len(running)
+
+
+def format_progress(
+    label: str, tasks: list[tuple[str, int]], states: dict[int, FoldState], max_epochs: int, shown: int = 6
+) -> str:
+    """One line: counts and the batch's ETA, then epoch, best WAF and ETA of (at most ``shown``) running folds.
+
+    ``tasks``: (experiment name, fold) of every trial; ``states``: by task index, for the trials seen.
+    """
+    done = sum(s.done for s in states.values())
+    running = {t: s for t, s in sorted(states.items()) if not s.done}
+    waiting = len(tasks) - len(states)
+    eta = batch_eta(list(states.values()), waiting, max_epochs)
+    overall = "" if eta is None or not running else f", eta ≤{format_duration(eta)}"
+    names = list(dict.fromkeys(name for name, _ in tasks))
+    if len(names) == 1:
+        head = f"{label}: {done}/{len(tasks)} folds done, {len(running)} running, {waiting} waiting{overall}"
+    else:
+        status = {name: [states.get(t) for t, (n, _) in enumerate(tasks) if n == name] for name in names}
+        finished = sum(all(s is not None and s.done for s in folds) for folds in status.values())
+        started = sum(any(s is not None for s in folds) for folds in status.values())
+        head = (
+            f"{label}: {finished}/{len(names)} experiments done, {started - finished} running, "
+            f"{len(names) - started} waiting; {done}/{len(tasks)} folds{overall}"
+        )
+    parts = [head]
+    for task, state in list(running.items())[:shown]:
+        name, fold = tasks[task]
         best = "-" if state.best_waf is None else f"{state.best_waf:.3f}"
         pace = state.seconds_per_epoch()
-        eta = "?" if pace is None else f"≤{format_duration(pace * (max_epochs - state.epoch))}"
-        parts.append(f"fold{fold} epoch {state.epoch}/{max_epochs} best {best} eta {eta}")
+        fold_eta = "?" if pace is None else f"≤{format_duration(pace * (max_epochs - state.epoch))}"
+        where = f"fold{fold}" if len(names) == 1 else f"{name}/fold{fold}"
+        parts.append(f"{where} epoch {state.epoch}/{max_epochs} best {best} eta {fold_eta}")
+    if len(running) > shown:
+        parts.append(f"+{len(running) - shown} more running")
     return " | ".join(parts)
 
 
 class FoldProgress(Callback):
-    """Tune callback for the fold trials of one experiment (``fold`` in each trial's config)."""
+    """Tune callback for a grid of fold trials (``task``: experiment index and fold, in each trial's config).
+
+    ``tasks``: (experiment index, fold) of every trial; ``names``: each experiment's name, by index.
+    """
 
     def __init__(
         self,
         label: str,
-        total: int,
+        tasks: list[tuple[int, int]],
+        names: list[str],
         max_epochs: int,
         interval_s: float = 15.0,
         emit: Callable[[str], None] = logger.info,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.label, self.total, self.max_epochs = label, total, max_epochs
+        self.label, self.max_epochs = label, max_epochs
+        self.tasks = [(names[e], fold) for e, fold in tasks]
+        self.index = {(int(e), int(fold)): i for i, (e, fold) in enumerate(tasks)}
         self.interval_s, self.emit, self.clock = interval_s, emit, clock
-        self.folds: dict[int, FoldState] = {}
+        self.states: dict[int, FoldState] = {}
         self._last_emit = float("-inf")
 
     def _state(self, trial: Any) -> FoldState:
-        return self.folds.setdefault(int(trial.config["fold"]), FoldState())
+        task = trial.config["task"]
+        return self.states.setdefault(self.index[int(task["experiment"]), int(task["fold"])], FoldState())
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         state, now = self._state(trial), self.clock()
@@ -103,4 +148,4 @@ class FoldProgress(Callback):
 
     def _emit(self, now: float) -> None:
         self._last_emit = now
-        self.emit(format_progress(self.label, self.folds, self.total, self.max_epochs))
+        self.emit(format_progress(self.label, self.tasks, self.states, self.max_epochs))

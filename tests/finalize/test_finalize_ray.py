@@ -90,7 +90,7 @@ def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, t
     )
     reviewed = run_relabel(
         with_overrides(cfg, [f"finalize.relabel.reviewed={tmp_path}/reviewed.csv"], "t"), str(tmp_path / "a")
-    ).set_index("video_id")
+    )[0].set_index("video_id")
     assert (
         not reviewed.loc[changed, "changed"]
         and reviewed.loc[changed, "refined"] == first.loc[changed, "original"]
@@ -112,7 +112,7 @@ def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, t
                 "t",
             ),
             str(tmp_path / tie),
-        ).set_index("video_id")
+        )[0].set_index("video_id")
         for tie in ("keep", "probability")
     }
     votes = by_rule["keep"]["votes"].str.findall(r":(\w+)")
@@ -122,3 +122,40 @@ def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, t
     chosen = by_rule["probability"]["refined"]
     assert all(chosen[v] in votes[v] for v in split.index[split])
     assert chosen[~split].equals(by_rule["keep"].loc[~split, "refined"])
+
+
+def training_time_rows(report: str) -> dict[tuple[str, str], list[str]]:
+    """The report's "Training time" table: (experiment, role) -> its cells."""
+    section = report.split("## Training time", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return {(cells[0].strip(), cells[1].strip()): [c.strip() for c in cells] for cells in rows[1:]}
+
+
+def test_a_waves_experiments_train_side_by_side(finalized):
+    """On 2 CPUs, each wave's experiments overlap in time (not one after another), as the report shows."""
+    run_dir, _, summary = finalized
+    rows = training_time_rows(Path(summary["report"]).read_text())
+    # 2 weak classifiers, 2 members, the baseline row, 2 self-trained members: each listed once.
+    assert len(rows) == 7
+    spans = {}
+    for name, cells in rows.items():
+        metrics = json.loads(Path(run_dir, "train", cells[2].strip("`"), "metrics.json").read_text())
+        assert cells[3:5] == [metrics["started_at"], metrics["finished_at"]]
+        spans[name] = (metrics["started_at"], metrics["finished_at"])
+        assert spans[name][0] < spans[name][1] and float(cells[5]) >= 0
+        folds = [
+            json.loads(p.read_text())
+            for p in Path(run_dir, "train", cells[2].strip("`")).glob("folds/*/result.json")
+        ]
+        assert spans[name] == (min(f["started_at"] for f in folds), max(f["finished_at"] for f in folds))
+
+    def overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
+        return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+    audio, text = ("weak audio", "weak classifier"), ("weak text", "weak classifier")
+    ecmf, seed1, baseline = ("ecmf", "member"), ("seed1", "member"), ("Baseline", "ablation row")
+    assert overlap(audio, text)
+    assert overlap(ecmf, seed1) and overlap(seed1, baseline)
+    assert overlap(("ecmf", "self-trained member"), ("seed1", "self-trained member"))
+    # The waves themselves run in order: relabeling needs the weak classifiers' votes.
+    assert max(spans[audio][1], spans[text][1]) <= min(spans[ecmf][0], spans[seed1][0])

@@ -69,8 +69,10 @@ def test_inner_selection_resumes_exactly_and_refuses_a_fold_checkpoint(fake_run,
     for _ in range(3):
         first.step()
     save_tensors(str(tmp_path / "state.safetensors"), *first.state())
+    save_tensors(str(tmp_path / "best.safetensors"), *first.best_weights())
     resumed = FoldRun(data, 2, model_cfg, train_cfg, seed=42)
     resumed.load_state(*load_tensors(str(tmp_path / "state.safetensors")))
+    resumed.load_best(*load_tensors(str(tmp_path / "best.safetensors")))
     while not resumed.done:
         resumed.step()
     assert resumed.history == straight.history and resumed.summary() == straight.summary()

@@ -153,13 +153,22 @@ def test_resumed_fold_matches_an_uninterrupted_one(fake_run, tmp_path):
     for _ in range(3):
         first.step()
     save_tensors(str(tmp_path / "state.safetensors"), *first.state())
+    save_tensors(str(tmp_path / "best.safetensors"), *first.best_weights())
     resumed = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
     resumed.load_state(*load_tensors(str(tmp_path / "state.safetensors")))
+    resumed.load_best(*load_tensors(str(tmp_path / "best.safetensors")))
     while not resumed.done:
         resumed.step()
     assert resumed.history == straight.history
     for key, value in straight.best_state.items():
         torch.testing.assert_close(resumed.best_state[key], value, rtol=0, atol=0)
+    # The resume checkpoint holds the model and optimizer, never the best weights (saved on their own).
+    state, meta = load_tensors(str(tmp_path / "state.safetensors"))
+    assert not [k for k in state if k.startswith("best.")] and meta["best_epoch"] == first.best_epoch
+    stale = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
+    stale.load_state(state, {**meta, "best_epoch": meta["best_epoch"] + 1})
+    with pytest.raises(ValueError, match="whose checkpoint's best epoch is"):
+        stale.load_best(*load_tensors(str(tmp_path / "best.safetensors")))
 
     # The exported fold model is plain safetensors and predicts exactly like the run's best epoch.
     path = str(tmp_path / "fold.safetensors")
