@@ -6,6 +6,9 @@
 Both runs use the same data, config and seed (so the same cv_waf, which is checked); only
 ``train.max_concurrent_folds`` differs. The same folds trained in this process without Ray are
 timed too, to show Ray's own cost. Prints one JSON line and a Markdown row for benchmarks/README.md.
+
+It also reports the resume checkpoints' bytes per fold, as the workers counted them (result.json's
+``checkpoints``), against what the same reports cost when every checkpoint also held the best weights.
 """
 
 from __future__ import annotations
@@ -47,6 +50,17 @@ def timed_train(cfg) -> tuple[float, float]:
     started = time.perf_counter()
     result = run_train(cfg)
     return time.perf_counter() - started, result["cv_waf"]["mean"]
+
+
+def checkpoint_mb_per_fold(exp_dir: str, folds: int) -> tuple[float, float]:
+    """Resume bytes written per fold (MB), and what they were with the best weights in every checkpoint."""
+    now, before = [], []
+    for fold in range(folds):
+        result = json.loads(storage.read_text(storage.join(exp_dir, "folds", f"fold{fold}", "result.json")))
+        c = result["checkpoints"]
+        now.append(c["state_bytes"] + c["best_bytes"])
+        before.append(c["state_bytes"] + c["reports"] * c["best_bytes"] / max(1, c["best_writes"]))
+    return round(float(np.mean(now)) / 1e6, 1), round(float(np.mean(before)) / 1e6, 1)
 
 
 def main() -> None:
@@ -96,6 +110,9 @@ def main() -> None:
         int(parallel_cfg.seed),
     )
     in_process_s = time.perf_counter() - started
+    checkpoint_mb, checkpoint_mb_before = checkpoint_mb_per_fold(
+        experiment_dir(run_dir, "bench_parallel"), args.folds
+    )
 
     figures = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Ray cluster {cpus} CPUs",
@@ -109,6 +126,9 @@ def main() -> None:
         "speedup": round(sequential_s / parallel_s, 2),
         "in_process_no_ray_s": round(in_process_s, 1),
         "cv_waf": round(parallel_waf, 4),
+        "checkpoint_every": int(parallel_cfg.train.checkpoint_every),
+        "checkpoint_mb_per_fold": checkpoint_mb,
+        "checkpoint_mb_per_fold_with_best_in_each": checkpoint_mb_before,
     }
     print(json.dumps(figures))
     print(

@@ -192,6 +192,15 @@ def load_feature_set(
     return with_label_table(data, labels_uri)
 
 
+def experiment_inputs(
+    base: FeatureSet, branches: list[str], n_folds: int, seed: int, labels_uri: str | None = None
+) -> FeatureSet:
+    """One experiment's inputs from features loaded on the manifest's labels for several experiments: its
+    branches, its folds (drawn on the manifest's labels with its own count and seed) and its labels."""
+    data = replace(base.select(branches), folds=assign_folds(base.labels, n_folds, seed))
+    return with_label_table(data, labels_uri)
+
+
 def with_label_table(data: FeatureSet, labels_uri: str | None) -> FeatureSet:
     """``data`` (on the manifest's labels) learning ``train.labels`` instead; unchanged when None."""
     if not labels_uri:

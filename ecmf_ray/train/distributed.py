@@ -49,10 +49,10 @@ from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import (
     FeatureSet,
+    experiment_inputs,
     label_table_digest,
     load_feature_set,
     read_label_table,
-    with_label_table,
 )
 from ecmf_ray.train.loop import FoldRun, set_torch_threads
 from ecmf_ray.train.outputs import experiment_dir, fold_dir, fold_done, write_experiment, write_fold
@@ -121,28 +121,34 @@ def best_weights_path(exp_dir: str, fold: int, epoch: int) -> str:
     return storage.join(fold_dir(exp_dir, fold), f"best-epoch{epoch}.safetensors")
 
 
-def _report(run: FoldRun, metrics: dict[str, Any], rank: int, exp_dir: str, saved_best: int | None) -> int:
+def _report(
+    run: FoldRun,
+    metrics: dict[str, Any],
+    rank: int,
+    exp_dir: str,
+    saved_best: int | None,
+    written: dict[str, int],
+) -> None:
     """Report to Ray Train with the fold's training state as the checkpoint (rank 0 writes it).
 
     The checkpoint holds the model and optimizer; the best epoch's weights go to their own file, written
     only when the best epoch changed since the last report, and the previous one is dropped once the new
-    checkpoint is in. Returns the bytes rank 0 wrote.
+    checkpoint is in. ``written`` counts what rank 0 wrote (reports, bytes, best-weights files).
     """
     import ray.train
 
-    written = 0
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             if run.best_epoch != saved_best:
-                written += save_tensors(
-                    best_weights_path(exp_dir, run.fold, run.best_epoch), *run.best_weights()
-                )
-            written += save_tensors(os.path.join(tmp, STATE_FILE), *run.state())
+                path = best_weights_path(exp_dir, run.fold, run.best_epoch)
+                written["best_bytes"] += save_tensors(path, *run.best_weights())
+                written["best_writes"] += 1
+            written["state_bytes"] += save_tensors(os.path.join(tmp, STATE_FILE), *run.state())
+            written["reports"] += 1
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
     if rank == 0 and saved_best is not None and saved_best != run.best_epoch:
         storage.remove(best_weights_path(exp_dir, run.fold, saved_best))  # no checkpoint kept refers to it
-    return written
 
 
 def utc_now() -> str:
@@ -151,9 +157,8 @@ def utc_now() -> str:
 
 
 def experiment_view(shared: FeatureSet, job: dict[str, Any]) -> FeatureSet:
-    """One experiment's inputs from the shared features: its branches, and its labels where it has its own."""
-    data = shared.select(job["branches"])
-    return data if job["labels"] is None else replace(data, labels=job["labels"])
+    """One experiment's inputs from the shared features: its branches, labels and folds."""
+    return replace(shared.select(job["branches"]), labels=job["labels"], folds=job["folds"])
 
 
 def fold_worker(config: dict[str, Any]) -> None:
@@ -183,21 +188,22 @@ def fold_worker(config: dict[str, Any]) -> None:
         saved_best = run.best_epoch
         run.load_best(*load_tensors(best_weights_path(exp_dir, run.fold, saved_best)))
         logger.info("fold %d resumes after epoch %d", run.fold, run.epoch)
-    resumed_from, checkpoint_bytes = run.epoch, 0
+    resumed_from = run.epoch
+    written = {"reports": 0, "state_bytes": 0, "best_writes": 0, "best_bytes": 0}
     every = max(1, int(train_cfg["checkpoint_every"]))
     while not run.done:
         metrics = run.step()
         # Each report waits for the controller's next poll, so report (and checkpoint) only
         # every few epochs; the full history goes to result.json anyway.
         if run.done or run.epoch % every == 0:
-            checkpoint_bytes += _report(run, metrics, rank, exp_dir, saved_best)
+            _report(run, metrics, rank, exp_dir, saved_best, written)
             saved_best = run.best_epoch
     if rank == 0:
         record = {
             "resumed_from_epoch": resumed_from,
             "started_at": started_at,
             "finished_at": utc_now(),
-            "checkpoint_bytes": checkpoint_bytes,
+            "checkpoints": written,
         }
         write_fold(exp_dir, run, data, record)
         # The fold's model is in checkpoints/ now and a finished fold is never resumed: drop every best-weights
@@ -274,7 +280,8 @@ def fold_concurrency(
 class SharedFeatures:
     """Every branch a batch of experiments needs, on the manifest's labels: read once, one object-store copy.
 
-    Each experiment's trials take their branches (and labels) from this one copy, zero-copy.
+    Each experiment's trials take their branches from this one copy, zero-copy, with their own labels and
+    folds (a few bytes per video, sent with the experiment's settings).
     """
 
     data: FeatureSet
@@ -345,8 +352,8 @@ def tasks_label(names: list[str], task: dict[str, int]) -> str:
     return f"{names[int(task['experiment'])]} fold {int(task['fold'])}"
 
 
-def fold_job(cfg: DictConfig, exp_dir: str, branches: list[str], labels: Any) -> dict[str, Any]:
-    """The plain-dict settings every fold trial and worker of one experiment gets."""
+def fold_job(cfg: DictConfig, exp_dir: str, data: FeatureSet) -> dict[str, Any]:
+    """The plain-dict settings every fold trial and worker of one experiment gets (``data``: its inputs)."""
     train = OmegaConf.to_container(cfg.train, resolve=True)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -355,8 +362,9 @@ def fold_job(cfg: DictConfig, exp_dir: str, branches: list[str], labels: Any) ->
         "exp_dir": exp_dir,
         "ray_dir": storage.join(exp_dir, "ray"),
         "threads": max(1, int(train["cpus_per_worker"])),
-        "branches": branches,
-        "labels": labels,
+        "branches": list(data.branches),
+        "labels": data.labels,
+        "folds": data.folds,
     }
 
 
@@ -368,20 +376,16 @@ def train_experiments(
 ) -> list[dict[str, Any]]:
     """Train every experiment's unfinished folds together, as one batch of concurrent Tune trials.
 
-    ``cfgs`` share run_dir, seed and ``train.folds``; each names its experiment (``train.experiment``).
-    ``shared``: features holding every branch they use (else read here). ``batch``: defaults to the
-    single experiment's own ``ray/`` folder. Needs a Ray session. Returns each experiment's summary.
+    ``cfgs`` share run_dir; each names its experiment (``train.experiment``) and may have its own seed,
+    folds and labels. ``shared``: features holding every branch they use (else read here). ``batch``:
+    defaults to the single experiment's own ``ray/`` folder. Needs a Ray session. Returns each
+    experiment's summary.
     """
     run_dir = storage.resolve(cfgs[0].run_dir, os.getcwd())
-    n_folds, seed = int(cfgs[0].train.folds), int(cfgs[0].seed)
     plans = []
     for cfg in cfgs:
-        if (int(cfg.train.folds), int(cfg.seed), storage.resolve(cfg.run_dir, os.getcwd())) != (
-            n_folds,
-            seed,
-            run_dir,
-        ):
-            raise ValueError("experiments trained together must share run_dir, seed and train.folds")
+        if storage.resolve(cfg.run_dir, os.getcwd()) != run_dir:
+            raise ValueError("experiments trained together must share run_dir")
         if int(cfg.train.num_workers) < 1:
             # num_workers=0 is Ray Train's local mode, which persists no checkpoints to resume from.
             raise ValueError("train.num_workers must be at least 1")
@@ -390,29 +394,27 @@ def train_experiments(
         claim_experiment(exp_dir, experiment_fingerprint(cfg))
         plans.append((cfg, exp_dir, branches))
     if shared is None:
-        shared = SharedFeatures.load(
-            run_dir, [b for _, _, branches in plans for b in branches], n_folds, seed
-        )
-    views = [with_label_table(shared.data.select(branches), cfg.train.labels) for cfg, _, branches in plans]
-    jobs = [
-        fold_job(cfg, exp_dir, branches, view.labels if cfg.train.labels else None)
-        for (cfg, exp_dir, branches), view in zip(plans, views, strict=True)
+        every = [b for _, _, branches in plans for b in branches]
+        shared = SharedFeatures.load(run_dir, every, int(cfgs[0].train.folds), int(cfgs[0].seed))
+    views = [
+        experiment_inputs(shared.data, branches, int(cfg.train.folds), int(cfg.seed), cfg.train.labels)
+        for cfg, _, branches in plans
     ]
+    jobs = [fold_job(cfg, exp_dir, view) for (cfg, exp_dir, _), view in zip(plans, views, strict=True)]
     names = list(names or [os.path.basename(exp_dir) for _, exp_dir, _ in plans])
     # Fold-major: every experiment's first fold is asked for first, so experiments run side by side.
     tasks = [
         (e, fold)
-        for fold in range(n_folds)
-        for e, job in enumerate(jobs)
-        if not fold_done(job["exp_dir"], fold)
+        for fold in range(max(view.n_folds for view in views))
+        for e, (job, view) in enumerate(zip(jobs, views, strict=True))
+        if fold < view.n_folds and not fold_done(job["exp_dir"], fold)
     ]
     if tasks:
         if batch is None:
             if len(plans) > 1:
                 raise ValueError("several experiments need a Batch (where their Tune state goes)")
-            batch = Batch(
-                storage.join(plans[0][1], "ray"), max_concurrent_folds=cfgs[0].train.max_concurrent_folds
-            )
+            own = storage.join(plans[0][1], "ray")
+            batch = Batch(own, max_concurrent_folds=cfgs[0].train.max_concurrent_folds)
         logger.info(
             "%s: training %d fold(s) of %d experiment(s): %s",
             batch.label,

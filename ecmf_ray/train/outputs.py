@@ -54,7 +54,8 @@ def write_fold(exp_dir: str, run: FoldRun, data: FeatureSet, record: dict | None
     """A finished fold's best model, its held-out and test predictions, and its scores.
 
     ``record``: what the run that finished the fold adds to result.json (``resumed_from_epoch``,
-    ``started_at`` / ``finished_at`` in ISO 8601 UTC, ``checkpoint_bytes``). result.json goes last: its
+    ``started_at`` / ``finished_at`` in ISO 8601 UTC, ``checkpoints``: reports and bytes written for resume).
+    result.json goes last: its
     presence marks the fold as complete.
     """
     run.use_best()

@@ -14,7 +14,13 @@ from sklearn.metrics import f1_score
 from ecmf_ray.data.manifest import manifest_path
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
-from ecmf_ray.train.data import align_branch, load_feature_set, read_label_table, replace_labels
+from ecmf_ray.train.data import (
+    align_branch,
+    experiment_inputs,
+    load_feature_set,
+    read_label_table,
+    replace_labels,
+)
 from ecmf_ray.train.distributed import fold_concurrency
 from ecmf_ray.train.folds import assign_folds
 from ecmf_ray.train.loop import FoldRun, epoch_batches, set_torch_threads
@@ -84,6 +90,25 @@ def test_feature_set_from_the_store(fake_run, tmp_path):
     shutil.copy(manifest_path(fake_run), manifest_path(str(tmp_path)))  # a run not yet extracted
     with pytest.raises(FileNotFoundError, match="ecmf extract"):
         load_feature_set(str(tmp_path), ["audio"], 3, seed=0)
+
+
+def test_an_experiments_inputs_from_features_loaded_for_several(fake_run, tmp_path):
+    """Each experiment of a batch takes its branches, folds (its own seed and count) and labels from one load."""
+    shared = load_feature_set(fake_run, ["audio", "text"], 3, seed=0)
+    pd.DataFrame({"video_id": shared.video_ids[shared.labels >= 0][:3], "label": "sad"}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    for branches, folds, seed, labels in ((["text"], 3, 0, None), (["text", "audio"], 4, 7, "labels.csv")):
+        uri = str(tmp_path / labels) if labels else None
+        view = experiment_inputs(shared, branches, folds, seed, uri)
+        alone = load_feature_set(fake_run, branches, folds, seed, uri)
+        assert view.branches == alone.branches and view.n_folds == folds
+        for name in ("labels", "folds", "present", "video_ids"):
+            np.testing.assert_array_equal(getattr(view, name), getattr(alone, name))
+        for mine, theirs in zip(view.features, alone.features, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    with pytest.raises(ValueError, match=r"branch\(es\) \['face'\] were not loaded"):
+        experiment_inputs(shared, ["face"], 3, 0)
 
 
 def test_label_table_replaces_labels_and_adds_training_only_rows(fake_run, tmp_path):
