@@ -122,33 +122,31 @@ def best_weights_path(exp_dir: str, fold: int, epoch: int) -> str:
 
 
 def _report(
-    run: FoldRun,
-    metrics: dict[str, Any],
-    rank: int,
-    exp_dir: str,
-    saved_best: int | None,
-    written: dict[str, int],
+    run: FoldRun, metrics: dict[str, Any], rank: int, exp_dir: str, kept: list[int], written: dict[str, int]
 ) -> None:
     """Report to Ray Train with the fold's training state as the checkpoint (rank 0 writes it).
 
     The checkpoint holds the model and optimizer; the best epoch's weights go to their own file, written
-    only when the best epoch changed since the last report, and the previous one is dropped once the new
-    checkpoint is in. ``written`` counts what rank 0 wrote (reports, bytes, best-weights files).
+    only when the best epoch changed since the last report. ``kept``: the best epochs whose files exist,
+    oldest first. The controller may register a report after the worker moves on, so the file of the
+    previous report's best epoch is kept too, and only older ones are dropped. ``written`` counts what
+    rank 0 wrote (reports, bytes, best-weights files).
     """
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            if run.best_epoch != saved_best:
+            if not kept or kept[-1] != run.best_epoch:
                 path = best_weights_path(exp_dir, run.fold, run.best_epoch)
                 written["best_bytes"] += save_tensors(path, *run.best_weights())
                 written["best_writes"] += 1
+                kept.append(run.best_epoch)
             written["state_bytes"] += save_tensors(os.path.join(tmp, STATE_FILE), *run.state())
             written["reports"] += 1
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
-    if rank == 0 and saved_best is not None and saved_best != run.best_epoch:
-        storage.remove(best_weights_path(exp_dir, run.fold, saved_best))  # no checkpoint kept refers to it
+    while rank == 0 and len(kept) > 2:
+        storage.remove(best_weights_path(exp_dir, run.fold, kept.pop(0)))
 
 
 def utc_now() -> str:
@@ -180,13 +178,19 @@ def fold_worker(config: dict[str, Any]) -> None:
     )  # fmt: skip
     if world_size > 1:
         run.distribute(ray.train.torch.prepare_model)
-    exp_dir, saved_best = config["exp_dir"], None
+    exp_dir, kept = config["exp_dir"], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run.load_state(*load_tensors(os.path.join(folder, STATE_FILE)))
-        saved_best = run.best_epoch
-        run.load_best(*load_tensors(best_weights_path(exp_dir, run.fold, saved_best)))
+        best = best_weights_path(exp_dir, run.fold, run.best_epoch)
+        if not storage.exists(best):
+            raise FileNotFoundError(
+                f"{best}: the best weights of fold {run.fold}'s latest checkpoint (epoch {run.epoch}) are gone; "
+                f"delete {fold_dir(exp_dir, run.fold)} and {config['ray_dir']}/fold{run.fold} to train the fold afresh"
+            )
+        run.load_best(*load_tensors(best))
+        kept.append(run.best_epoch)
         logger.info("fold %d resumes after epoch %d", run.fold, run.epoch)
     resumed_from = run.epoch
     written = {"reports": 0, "state_bytes": 0, "best_writes": 0, "best_bytes": 0}
@@ -196,8 +200,7 @@ def fold_worker(config: dict[str, Any]) -> None:
         # Each report waits for the controller's next poll, so report (and checkpoint) only
         # every few epochs; the full history goes to result.json anyway.
         if run.done or run.epoch % every == 0:
-            _report(run, metrics, rank, exp_dir, saved_best, written)
-            saved_best = run.best_epoch
+            _report(run, metrics, rank, exp_dir, kept, written)
     if rank == 0:
         record = {
             "resumed_from_epoch": resumed_from,
@@ -207,7 +210,7 @@ def fold_worker(config: dict[str, Any]) -> None:
         }
         write_fold(exp_dir, run, data, record)
         # The fold's model is in checkpoints/ now and a finished fold is never resumed: drop every best-weights
-        # file (one left by a run killed between writing a new one and reporting it too).
+        # file (those left by an earlier, killed run too).
         folder = fold_dir(exp_dir, run.fold)
         for name in storage.listdir(folder):
             if name.startswith("best-epoch"):

@@ -86,6 +86,14 @@ def test_outputs(parallel, fake_run):
     for fold in range(FOLDS):
         assert Path(exp_dir, "checkpoints", f"fold{fold}.safetensors").is_file()
     assert not list(Path(exp_dir).rglob("*.pt")) and not list(Path(exp_dir, "checkpoints").glob("*.pkl"))
+    # Resume checkpoints: model + optimizer per report, the best weights only when they changed; a finished
+    # fold keeps none of the latter (its model is in checkpoints/).
+    assert not list(Path(exp_dir).rglob("best-epoch*"))
+    for f in metrics["per_fold"]:
+        written = f["checkpoints"]
+        assert 1 <= written["best_writes"] <= written["reports"] and written["state_bytes"] > 0
+        assert f["started_at"] < f["finished_at"] and f["started_at"].endswith("+00:00")
+    assert metrics["started_at"] == min(f["started_at"] for f in metrics["per_fold"])
 
     # The same folds trained in this process, in lockstep, give the same scores.
     set_torch_threads(1)
