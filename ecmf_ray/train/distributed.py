@@ -4,8 +4,9 @@ Shape. Ray's pattern for many small models is a Tune grid over the model id with
 ``max_concurrent_trials``; here the id is the fold. A trial only drives its fold's trainer, so it
 reserves no CPU (the trainer's controller takes none either): the fold's workers hold the
 resources (``train.num_workers`` x ``train.cpus_per_worker`` / GPUs), and up to
-``train.max_concurrent_folds`` folds (default: all) start at once; those that find no resources wait
-for them, which is what makes an autoscaling cluster add nodes. One worker per fold is the right
+``train.max_concurrent_folds`` folds start at once (default: as many as the cluster can ever hold,
+:func:`fold_slots`; all of them where that is unknown); those that find no resources wait for them,
+which is what makes an autoscaling cluster add nodes. One worker per fold is the right
 size for these small models; several workers train with DDP.
 
 Batches. :func:`train_experiments` trains several experiments (finalize's weak classifiers, ensemble
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -266,9 +268,13 @@ def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[An
 
 
 def fold_concurrency(
-    max_concurrent_folds: int | None, n_folds: int, key: str = "train.max_concurrent_folds"
+    max_concurrent_folds: int | None,
+    n_folds: int,
+    key: str = "train.max_concurrent_folds",
+    slots: int | None = None,
 ) -> int:
-    """How many fold trials run at once: ``max_concurrent_folds``, or every fold when null.
+    """How many fold trials run at once: ``max_concurrent_folds``; when null, the ``slots`` the cluster can
+    ever hold (where that is known), else every fold.
 
     Never what the cluster holds at the start: a cluster that autoscales from zero workers holds
     nothing then. Trials that do not fit wait in Tune's queue, and their pending resource requests
@@ -276,7 +282,25 @@ def fold_concurrency(
     """
     if max_concurrent_folds is not None and int(max_concurrent_folds) < 1:
         raise ValueError(f"{key} must be null or at least 1, got {max_concurrent_folds}")
-    return max(1, min(n_folds, int(max_concurrent_folds or n_folds)))
+    return max(1, min(n_folds, int(max_concurrent_folds or slots or n_folds)))
+
+
+def fold_slots(cfg: DictConfig) -> int | None:
+    """How many folds the cluster can ever train at once, where that can be known; else None.
+
+    A fold trial reserves no CPU, so Tune starts every trial it is allowed to, and each starts its
+    trainer's processes (a few hundred MB each) to wait for a worker: 96 finalize folds at once would be
+    ~200 idle processes on a laptop. Known: a cluster this process started (its CPUs), or an autoscaler's
+    node types at their ``max_workers``. Unknown (None): a joined cluster that may grow unseen.
+    """
+    from ecmf_ray import runtime
+    from ecmf_ray.extract.resources import cluster_capacity
+
+    capacity = cluster_capacity(bool(cfg.ray.address) or runtime.in_ray_job())
+    per_fold = int(cfg.train.num_workers) * float(cfg.train.cpus_per_worker)
+    if capacity is None or per_fold <= 0 or not math.isfinite(capacity.cpus):
+        return None
+    return max(1, int(capacity.cpus // per_fold))
 
 
 @dataclass(frozen=True)
@@ -307,6 +331,7 @@ class Batch:
     label: str = "train"
     max_concurrent_folds: int | None = None
     cap_key: str = "train.max_concurrent_folds"
+    slots: int | None = None  # what the cluster can ever hold (:func:`fold_slots`): the default cap
 
 
 def run_fold_trials(
@@ -318,11 +343,11 @@ def run_fold_trials(
 ) -> None:
     """Train ``tasks`` ((experiment, fold) pairs) as one grid of Tune trials, all requested at once.
 
-    Bounded only by the cluster's resources and ``batch.max_concurrent_folds``.
+    Bounded by ``batch.max_concurrent_folds``, else by what the cluster can ever hold (``batch.slots``).
     """
     from ray import tune
 
-    concurrency = fold_concurrency(batch.max_concurrent_folds, len(tasks), batch.cap_key)
+    concurrency = fold_concurrency(batch.max_concurrent_folds, len(tasks), batch.cap_key, batch.slots)
     train = jobs[0]["train"]
     # No CPU for the trial (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers); Tune
     # needs a non-empty request, so it reserves the driver process's memory instead.
@@ -418,6 +443,7 @@ def train_experiments(
                 raise ValueError("several experiments need a Batch (where their Tune state goes)")
             own = storage.join(plans[0][1], "ray")
             batch = Batch(own, max_concurrent_folds=cfgs[0].train.max_concurrent_folds)
+        batch = replace(batch, slots=fold_slots(cfgs[0]))
         logger.info(
             "%s: training %d fold(s) of %d experiment(s): %s",
             batch.label,

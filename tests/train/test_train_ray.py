@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.train.data import load_feature_set
-from ecmf_ray.train.distributed import run_train
+from ecmf_ray.train.distributed import fold_slots, run_train
 from ecmf_ray.train.loop import cross_validate, set_torch_threads
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
@@ -143,3 +143,9 @@ def test_killed_run_resumes_from_checkpoints(parallel, fake_run, ray_cluster):
     assert resumed, "no fold picked up its checkpoint"
     assert all(f["resumed_from_epoch"] < EPOCHS for f in resumed)  # interrupted mid-training
     assert_same_results(parallel[1]["experiment_dir"], result["experiment_dir"])
+
+
+def test_fold_trials_default_to_what_the_cluster_this_process_started_holds(ray_cluster, fake_run):
+    """2 CPUs: two one-CPU folds at a time (the rest wait unstarted)."""
+    assert fold_slots(small_config(fake_run, *RAY)) == 2
+    assert fold_slots(small_config(fake_run, *RAY, "train.cpus_per_worker=2")) == 1

@@ -219,6 +219,9 @@ def test_fold_concurrency_is_bounded_by_config_not_by_the_cluster_at_the_start()
     assert fold_concurrency(None, 5) == 5
     assert fold_concurrency(2, 5) == 2
     assert fold_concurrency(8, 5) == 5
+    # null with a known cluster size: no more trials than it can ever run (the rest wait unstarted).
+    assert fold_concurrency(None, 96, slots=16) == 16 and fold_concurrency(None, 5, slots=16) == 5
+    assert fold_concurrency(3, 96, slots=16) == 3
     with pytest.raises(ValueError, match="max_concurrent_folds"):
         fold_concurrency(0, 5)
 
