@@ -1,6 +1,6 @@
 """Every stage at the mission's scale: N clips in the MER2025 release layout, prepare -> extract -> train -> finalize.
 
-    python benchmarks/scale_bench.py --videos 2737           # a tenth of the mission, ~6 minutes on 2 cores
+    python benchmarks/scale_bench.py --videos 2737           # a tenth of the mission
     python benchmarks/scale_bench.py --videos 27369          # the mission: 7,369 labelled + 20,000 candidates
 
 The clips are short and small (``--duration``, ``--size``), so the run measures the system (scheduling,

@@ -19,10 +19,10 @@ from that copy, and the workers of a node share it, zero-copy.
 
 Storage and resume. Everything lives under ``${run_dir}/train/<experiment>/`` (see
 :mod:`ecmf_ray.train.outputs`); Tune and Train state go to its ``ray/`` folder through a pyarrow
-filesystem, so s3:// works. Workers report metrics with a safetensors training-state checkpoint
-(model and optimizer) through ``ray.train.report`` every ``train.checkpoint_every`` epochs and when
-the fold stops; the best epoch's weights, which change far less often, are written beside the fold's
-results only when they change. A fold is
+filesystem, so s3:// works. Workers report metrics through ``ray.train.report`` every
+``train.checkpoint_every`` epochs and when the fold stops; at most every ``train.checkpoint_interval_s``
+seconds a report carries a safetensors training-state checkpoint (model and optimizer), and the best
+epoch's weights, which change less often, are written beside the fold's results when they changed. A fold is
 complete once its ``result.json`` exists. A rerun skips complete folds and starts a fresh Tune
 grid over the others; each of their ``TorchTrainer`` runs has the same name and storage path as
 before, which makes Ray Train V2 hand the worker its latest checkpoint. (``Tuner.restore`` is not
@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -73,6 +74,7 @@ SCHEDULING_KEYS = (
     "cpus_per_worker",
     "gpus_per_worker",
     "checkpoint_every",
+    "checkpoint_interval_s",
     "max_failures",
     "worker_start_timeout_s",
 )
@@ -124,18 +126,27 @@ def best_weights_path(exp_dir: str, fold: int, epoch: int) -> str:
 
 
 def _report(
-    run: FoldRun, metrics: dict[str, Any], rank: int, exp_dir: str, kept: list[int], written: dict[str, int]
+    run: FoldRun,
+    metrics: dict[str, Any],
+    rank: int,
+    exp_dir: str,
+    kept: list[int],
+    written: dict[str, int],
+    with_checkpoint: bool,
 ) -> None:
-    """Report to Ray Train with the fold's training state as the checkpoint (rank 0 writes it).
+    """Report to Ray Train, with the fold's training state as a checkpoint when ``with_checkpoint``.
 
-    The checkpoint holds the model and optimizer; the best epoch's weights go to their own file, written
-    only when the best epoch changed since the last report. ``kept``: the best epochs whose files exist,
-    oldest first. The controller may register a report after the worker moves on, so the file of the
-    previous report's best epoch is kept too, and only older ones are dropped. ``written`` counts what
-    rank 0 wrote (reports, bytes, best-weights files).
+    The checkpoint (rank 0 writes it) holds the model and optimizer; the best epoch's weights go to their
+    own file, written only when the best epoch changed since the last checkpoint. ``kept``: the best
+    epochs whose files exist, oldest first. The controller may register a checkpoint after the worker
+    moves on, so the file of the previous checkpoint's best epoch is kept too, and only older ones are
+    dropped. ``written`` counts what rank 0 wrote (checkpoints, bytes, best-weights files).
     """
     import ray.train
 
+    if not with_checkpoint:
+        ray.train.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             if not kept or kept[-1] != run.best_epoch:
@@ -197,12 +208,16 @@ def fold_worker(config: dict[str, Any]) -> None:
     resumed_from = run.epoch
     written = {"reports": 0, "state_bytes": 0, "best_writes": 0, "best_bytes": 0}
     every = max(1, int(train_cfg["checkpoint_every"]))
+    interval_s, last_checkpoint = float(train_cfg["checkpoint_interval_s"]), time.monotonic()
     while not run.done:
         metrics = run.step()
-        # Each report waits for the controller's next poll, so report (and checkpoint) only
-        # every few epochs; the full history goes to result.json anyway.
+        # Each report waits for the controller's next poll, so report only every few epochs (the full
+        # history goes to result.json anyway), and checkpoint at most every interval_s of training: a
+        # checkpoint is the model and optimizer (~14 MB at the paper's sizes). A finished fold needs none.
         if run.done or run.epoch % every == 0:
-            _report(run, metrics, rank, exp_dir, kept, written)
+            due = not run.done and time.monotonic() - last_checkpoint >= interval_s
+            _report(run, metrics, rank, exp_dir, kept, written, with_checkpoint=due)
+            last_checkpoint = time.monotonic() if due else last_checkpoint
     if rank == 0:
         record = {
             "resumed_from_epoch": resumed_from,

@@ -33,6 +33,7 @@ SMALL = [
     "train.early_stopping_patience=12",
     "train.lr=3e-3",
     "train.checkpoint_every=2",
+    "train.checkpoint_interval_s=0",  # a checkpoint at every report: these folds last seconds
     "model.hidden=32",
     "model.ffn_mult=2",
     "model.dropout=0.2",

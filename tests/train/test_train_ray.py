@@ -92,6 +92,7 @@ def test_outputs(parallel, fake_run):
     for f in metrics["per_fold"]:
         written = f["checkpoints"]
         assert 1 <= written["best_writes"] <= written["reports"] and written["state_bytes"] > 0
+        assert written["reports"] == (f["epochs"] - 1) // 2  # every 2 epochs; a finished fold writes none
         assert f["started_at"] < f["finished_at"] and f["started_at"].endswith("+00:00")
     assert metrics["started_at"] == min(f["started_at"] for f in metrics["per_fold"])
 
