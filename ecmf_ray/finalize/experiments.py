@@ -170,7 +170,7 @@ def run_variants(
             tune_dir=storage.join(str(cfg.run_dir), "final", "ray"),
             name=wave,
             label=f"finalize {wave}",
-            max_concurrent_folds=cfg.finalize.max_concurrent_folds,
+            max_concurrent_folds=cfg.finalize.max_concurrent_folds or cfg.train.max_concurrent_folds,
             cap_key="finalize.max_concurrent_folds",
         )
         names, cfgs = zip(*to_train.values(), strict=True)
