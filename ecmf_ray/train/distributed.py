@@ -213,7 +213,7 @@ def fold_worker(config: dict[str, Any]) -> None:
         metrics = run.step()
         # Each report waits for the controller's next poll, so report only every few epochs (the full
         # history goes to result.json anyway), and checkpoint at most every interval_s of training: a
-        # checkpoint is the model and optimizer (~14 MB at the paper's sizes). A finished fold needs none.
+        # checkpoint is the model and optimizer (11.9 MB at the paper's sizes). A finished fold needs none.
         if run.done or run.epoch % every == 0:
             due = not run.done and time.monotonic() - last_checkpoint >= interval_s
             _report(run, metrics, rank, exp_dir, kept, written, with_checkpoint=due)
