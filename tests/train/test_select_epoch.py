@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 from fake_features import small_config
+from fold_runs import straight_and_resumed
 from omegaconf import OmegaConf
 
-from ecmf_ray.train.checkpoint import load_tensors, save_tensors
+from ecmf_ray.train.checkpoint import load_tensors
 from ecmf_ray.train.data import load_feature_set
 from ecmf_ray.train.loop import FoldRun, inner_selection_rows, set_torch_threads
 
@@ -62,19 +63,7 @@ def test_inner_selection_resumes_exactly_and_refuses_a_fold_checkpoint(fake_run,
     set_torch_threads(1)
     data = load_feature_set(fake_run, ["audio", "text"], 3, seed=42)
     model_cfg, train_cfg = configs(fake_run, "model.branches=[audio,text]", "train.select_epoch=inner")
-    straight = FoldRun(data, 2, model_cfg, train_cfg, seed=42)
-    while not straight.done:
-        straight.step()
-    first = FoldRun(data, 2, model_cfg, train_cfg, seed=42)
-    for _ in range(3):
-        first.step()
-    save_tensors(str(tmp_path / "state.safetensors"), *first.state())
-    save_tensors(str(tmp_path / "best.safetensors"), *first.best_weights())
-    resumed = FoldRun(data, 2, model_cfg, train_cfg, seed=42)
-    resumed.load_state(*load_tensors(str(tmp_path / "state.safetensors")))
-    resumed.load_best(*load_tensors(str(tmp_path / "best.safetensors")))
-    while not resumed.done:
-        resumed.step()
+    straight, _, resumed = straight_and_resumed(data, 2, model_cfg, train_cfg, tmp_path)
     assert resumed.history == straight.history and resumed.summary() == straight.summary()
     for key, value in straight.best_state.items():
         torch.testing.assert_close(resumed.best_state[key], value, rtol=0, atol=0)

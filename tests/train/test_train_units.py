@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from fake_features import small_config
+from fold_runs import straight_and_resumed
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from sklearn.metrics import f1_score
@@ -170,20 +171,7 @@ def test_resumed_fold_matches_an_uninterrupted_one(fake_run, tmp_path):
     cfg = small_config(fake_run, "train.max_epochs=6")
     model_cfg, train_cfg = OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.train)
     data = load_feature_set(fake_run, list(cfg.model.branches), 3, seed=42)
-    straight = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
-    while not straight.done:
-        straight.step()
-
-    first = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
-    for _ in range(3):
-        first.step()
-    save_tensors(str(tmp_path / "state.safetensors"), *first.state())
-    save_tensors(str(tmp_path / "best.safetensors"), *first.best_weights())
-    resumed = FoldRun(data, 1, model_cfg, train_cfg, seed=42)
-    resumed.load_state(*load_tensors(str(tmp_path / "state.safetensors")))
-    resumed.load_best(*load_tensors(str(tmp_path / "best.safetensors")))
-    while not resumed.done:
-        resumed.step()
+    straight, first, resumed = straight_and_resumed(data, 1, model_cfg, train_cfg, tmp_path)
     assert resumed.history == straight.history
     for key, value in straight.best_state.items():
         torch.testing.assert_close(resumed.best_state[key], value, rtol=0, atol=0)
