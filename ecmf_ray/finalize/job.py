@@ -123,8 +123,8 @@ def run_finalize(cfg: DictConfig) -> dict:
     truth = read_truth(str(fc.truth)) if fc.truth else None
 
     member_variants, ablation_rows = plan_variants(cfg)
-    shared = SharedFeatures.load(run_dir, needed_branches(cfg, [*member_variants, *ablation_rows]),
-                                 int(cfg.train.folds), int(cfg.seed))  # fmt: skip
+    shared = SharedFeatures(run_dir, needed_branches(cfg, [*member_variants, *ablation_rows]),
+                            int(cfg.train.folds), int(cfg.seed))  # fmt: skip
 
     relabel, weak = run_relabel(cfg, out_dir, shared) if fc.relabel.enabled else (None, [])
     # Without relabeling, "refined" rows and members learn the original labels (None: the manifest's).

@@ -42,6 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -318,23 +319,26 @@ def fold_slots(cfg: DictConfig) -> int | None:
     return max(1, int(capacity.cpus // per_fold))
 
 
-@dataclass(frozen=True)
 class SharedFeatures:
     """Every branch a batch of experiments needs, on the manifest's labels: read once, one object-store copy.
 
     Each experiment's trials take their branches from this one copy, zero-copy, with their own labels and
-    folds (a few bytes per video, sent with the experiment's settings).
+    folds (a few bytes per video, sent with the experiment's settings). Read on first use, so a finalize
+    whose experiments are all found finished reads no features.
     """
 
-    data: FeatureSet
-    ref: Any
+    def __init__(self, run_dir: str, branches: list[str], n_folds: int, seed: int) -> None:
+        self.run_dir, self.branches, self.n_folds, self.seed = run_dir, sorted(set(branches)), n_folds, seed
 
-    @classmethod
-    def load(cls, run_dir: str, branches: list[str], n_folds: int, seed: int) -> SharedFeatures:
+    @cached_property
+    def data(self) -> FeatureSet:
+        return load_feature_set(self.run_dir, self.branches, self.n_folds, self.seed)
+
+    @cached_property
+    def ref(self) -> Any:
         import ray
 
-        data = load_feature_set(run_dir, sorted(set(branches)), n_folds, seed)
-        return cls(data, ray.put(data))
+        return ray.put(self.data)
 
 
 @dataclass(frozen=True)
@@ -438,7 +442,7 @@ def train_experiments(
         plans.append((cfg, exp_dir, branches))
     if shared is None:
         every = [b for _, _, branches in plans for b in branches]
-        shared = SharedFeatures.load(run_dir, every, int(cfgs[0].train.folds), int(cfgs[0].seed))
+        shared = SharedFeatures(run_dir, every, int(cfgs[0].train.folds), int(cfgs[0].seed))
     views = [
         experiment_inputs(shared.data, branches, int(cfg.train.folds), int(cfg.seed), cfg.train.labels)
         for cfg, _, branches in plans
