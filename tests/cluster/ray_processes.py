@@ -184,6 +184,15 @@ class RayProcesses:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
 
+    def log_tails(self, *patterns: str, chars: int = 3000) -> str:
+        """The last ``chars`` of each of this cluster's Ray logs matching ``patterns``: what a failed
+        test prints so that a hang on CI can be told apart from a slow run."""
+        tails = []
+        for pattern in patterns:
+            for log in sorted(Path(self.temp_dir).glob(f"session_*/logs/{pattern}")):
+                tails.append(f"==> {log.name} <==\n{log.read_text(errors='replace')[-chars:]}")
+        return "\n".join(tails)
+
     def stop(self) -> None:
         """End every process this cluster started: its groups, then any process that left them."""
         self.remember()

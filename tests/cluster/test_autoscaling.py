@@ -86,7 +86,14 @@ def test_rehearsal_scales_from_zero_runs_the_pipeline_and_scales_back(tmp_path: 
         command = [RAY, "job", "submit", "--address", cluster.dashboard, "--",
                    "python", "jobs/pipeline.py", "--config", "configs/local.yaml",
                    f"run_dir={run_dir}", f"dataset.root={tmp_path / 'mer'}", *GPU_SHARES, *SMALL_RUN]  # fmt: skip
-        result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        try:
+            result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        except (
+            subprocess.TimeoutExpired
+        ) as hung:  # the job's and the autoscaler's own account of where it stopped
+            raise AssertionError(
+                cluster.log_tails("job-driver-*.log", "monitor.log", "gcs_server.out")
+            ) from hung
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-4000:]
         assert "succeeded" in output
