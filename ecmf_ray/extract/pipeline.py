@@ -2,12 +2,14 @@
 
 ::
 
-    manifest rows ─▶ decode+faces (CPU tasks) ─▶ CLIP pool ─▶ HuBERT pool ─▶ RoBERTa pool ─▶ driver: shard per batch
+    manifest rows ─▶ decode+faces (CPU tasks) ─▶ CLIP pool ─▶ HuBERT pool ─▶ RoBERTa pool
+                 ─▶ write (CPU tasks: one shard per extract.write.videos_per_file videos) ─▶ driver: journal
 
 Each encoder is its own actor pool (``ActorPoolStrategy``); the model loads once per actor. CLIP runs
 first because it drops the largest columns (the crops), so later stages move only vectors, audio and text.
-The driver writes each finished batch as an atomic shard (see :mod:`ecmf_ray.extract.store`) while Ray Data
-keeps streaming, then consolidates the shards into ``features/<branch>/`` and ``errors.parquet``.
+The write tasks store each group of finished videos as an atomic shard (see :mod:`ecmf_ray.extract.store`)
+and pass on only their ids, which the driver records in the journal while Ray Data keeps streaming; at
+the end the driver consolidates the shards into ``features/<branch>/`` and ``errors.parquet``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,18 @@ def build_dataset(cfg: DictConfig, todo: Any) -> Any:
         ds = _actor_stage(ds, HubertEncoder, cfg, e.hubert)
     if "text" in branches:
         ds = _actor_stage(ds, RobertaEncoder, cfg, e.roberta)
-    return ds
+    # Streaming repartition into blocks of exactly videos_per_file rows (the last one fewer): one shard
+    # each. A map's own batch_size would also cut the remainders of the blocks it bundles.
+    ds = ds.repartition(target_num_rows_per_block=int(e.write.videos_per_file), strict=True)
+    return ds.map_batches(
+        store.write_shard,
+        fn_kwargs={"run_dir": cfg.run_dir, "branches": list(e.branches)},
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=float(e.write.num_cpus),
+        **_memory(e.write.memory_mb),
+        udf_modifying_row_count=False,
+    )
 
 
 def run_extract(cfg: DictConfig) -> dict:
@@ -103,7 +116,6 @@ def run_extract(cfg: DictConfig) -> dict:
     import ray.data
 
     plan = store.plan_run(cfg)
-    branches = list(cfg.extract.branches)
     logger.info("extract: %d videos to process, %d already written", len(plan.todo), plan.resumed)
     ray.data.DataContext.get_current().enable_progress_bars = True
     start = time.perf_counter()
@@ -111,7 +123,7 @@ def run_extract(cfg: DictConfig) -> dict:
     if len(plan.todo):
         check_cluster(cfg)
         ds = build_dataset(cfg, plan.todo)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-            store.write_shard(cfg.run_dir, batch, branches)
-            processed += len(batch["video_id"])
+        for written in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            plan.record(written)
+            processed += len(written)
     return store.finish_run(cfg, plan, processed, time.perf_counter() - start)

@@ -44,7 +44,7 @@ def run_sequential(cfg: DictConfig, limit: int | None = None) -> dict:
         batch = decode_batch({name: block[name].to_numpy() for name in block.columns}, cfg)
         for stage in stages:
             batch = stage(batch)
-        store.write_shard(cfg.run_dir, batch, branches)
+        plan.record(store.write_shard(batch, cfg.run_dir, branches))
     if limit is not None:
         return {"processed": len(todo)}
     return store.finish_run(cfg, plan, len(todo), time.perf_counter() - start)

@@ -1,11 +1,14 @@
 """Where extraction writes, how a rerun resumes, and the final per-branch outputs.
 
-While running, every finished batch becomes one shard under ``features/_shards/`` (all branches and
-their errors together), written atomically: a shard is either whole or absent, so a killed run leaves
-only complete batches. A rerun reads the shards' ``video_id``s and processes the rest (anti-join).
+The pipeline's last stage writes on the workers: every ``extract.write.videos_per_file`` finished videos
+become one shard under ``features/_shards/`` (all branches and their errors together), written
+atomically, so a killed run leaves only whole shards. The driver sees only each shard's ids and keeps
+the journal, ``features/_shards.index.parquet`` (``video_id, shard, errored``, in write order). A rerun
+reads that one index, plus any shard written after its last update (a kill between the two), and
+processes the rest; with ``extract.retry_errors`` the videos that errored are processed again.
 When all videos are done, :func:`consolidate` rewrites ``features/<branch>/`` and ``errors.parquet``
-from the shards, keeping each video once; it is idempotent, so a rerun of a finished run rewrites the
-same files. The shards stay as the run's journal.
+from the shards, one row per video and branch (its first success, else its latest error); it
+is idempotent, so a rerun of a finished run rewrites the same files. The shards stay as the run's journal.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ FACE_RATIO = "face_ratio"
 
 def shards_dir(run_dir: str) -> str:
     return storage.join(features.features_dir(run_dir), SHARDS)
+
+
+def index_path(run_dir: str) -> str:
+    return storage.join(features.features_dir(run_dir), f"{SHARDS}.index.parquet")
 
 
 def spec_path(run_dir: str) -> str:
@@ -146,13 +153,17 @@ def current(cfg: Any) -> str | None:
     if reason:
         return reason
     manifest = read_manifest(manifest_path(cfg.run_dir))
-    done = completed_ids(cfg.run_dir)
+    journal = read_journal(cfg.run_dir)
+    done = completed_ids(journal)
     todo = int((~manifest["video_id"].isin(done)).sum())
     if todo or not all(storage.exists(features.branch_dir(cfg.run_dir, b)) for b in cfg.extract.branches):
         return f"{todo} of {len(manifest)} videos not extracted yet"
     changed = changed_inputs(cfg.run_dir, extraction_rows(cfg, manifest), done)
     if changed:
         return f"{len(changed)} extracted videos have another video file or text now (e.g. '{changed[0]}')"
+    retry = manifest["video_id"].isin(completed_ids(journal, retry_errors=True))
+    if cfg.extract.retry_errors and not retry.all():
+        return f"{int((~retry).sum())} videos errored and extract.retry_errors is on"
     return None
 
 
@@ -174,36 +185,85 @@ def shard_table(batch: dict[str, np.ndarray], branches: list[str]) -> pa.Table:
     return pa.table(columns)
 
 
-def write_shard(run_dir: str, batch: dict[str, np.ndarray], branches: list[str]) -> str:
-    """Write a batch atomically; its name hashes its ids, so writing the same batch twice overwrites."""
+def write_shard(batch: dict[str, np.ndarray], run_dir: str, branches: list[str]) -> pd.DataFrame:
+    """Write a batch atomically and return its journal rows (``video_id, shard, errored``).
+
+    The pipeline's write stage (a Ray Data task on a worker): the vectors go to storage and only these
+    rows go on to the driver. The name hashes the ids, so writing a batch twice (a retried task) overwrites.
+    """
     ids = sorted(batch["video_id"].tolist())
-    name = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:20]
-    uri = storage.join(shards_dir(run_dir), f"{name}.parquet")
-    storage.write_table(shard_table(batch, branches), uri)
-    return uri
+    name = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:20] + ".parquet"
+    table = shard_table(batch, branches)
+    storage.write_table(table, storage.join(shards_dir(run_dir), name))
+    return journal_rows(table, name)
 
 
-def shard_files(run_dir: str) -> list[str]:
+def journal_rows(table: pa.Table, shard: str) -> pd.DataFrame:
+    """``video_id, shard, errored`` of a shard's rows; errored: any branch's error cell is set."""
+    present = [c for c in map(error_column, features.BRANCHES) if c in table.column_names]
+    cells = [table.column(c).to_numpy(zero_copy_only=False) for c in present]
+    failed = (
+        np.logical_or.reduce([c.astype(str) != "" for c in cells]) if cells else np.zeros(len(table), bool)
+    )
+    return pd.DataFrame({"video_id": table.column("video_id").to_pylist(), "shard": shard, "errored": failed})
+
+
+def shard_names(run_dir: str) -> list[str]:
     """Complete shards; temporary files a killed writer left behind are removed."""
     folder = shards_dir(run_dir)
     names = storage.listdir(folder)
     for name in names:
         if ".tmp-" in name:
             storage.remove(storage.join(folder, name))
-    return [storage.join(folder, n) for n in names if n.endswith(".parquet")]
+    return sorted(n for n in names if n.endswith(".parquet"))
 
 
-def read_shards(run_dir: str, columns: list[str] | None = None) -> pa.Table:
-    files = shard_files(run_dir)
-    if not files:
+def read_shards(run_dir: str, names: list[str], columns: list[str] | None = None) -> pa.Table:
+    """The rows of the named shards, in that order."""
+    if not names:
         return pa.table({"video_id": pa.array([], pa.string())})
+    files = [storage.join(shards_dir(run_dir), n) for n in names]
     fs, _ = storage.pyarrow_fs(files[0])
-    paths = [storage.pyarrow_fs(f)[1] for f in files]
-    return pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=columns)
+    dataset = pads.dataset([storage.pyarrow_fs(f)[1] for f in files], filesystem=fs, format="parquet")
+    wanted = None if columns is None else [c for c in columns if c in dataset.schema.names]
+    return dataset.to_table(columns=wanted)
 
 
-def completed_ids(run_dir: str) -> set[str]:
-    return set(read_shards(run_dir, ["video_id"]).column("video_id").to_pylist())
+JOURNAL_COLUMNS = ["video_id", "shard", "errored"]
+
+
+def read_journal(run_dir: str) -> pd.DataFrame:
+    """Every video row written so far (``video_id, shard, errored``), in write order.
+
+    The index, for the shards it names that exist; then the rows of any shard it does not name yet (one
+    written just before a kill), read from the shard itself.
+    """
+    names = shard_names(run_dir)
+    index = pd.DataFrame(
+        {c: pd.Series(dtype=t) for c, t in zip(JOURNAL_COLUMNS, (str, str, bool), strict=True)}
+    )
+    if storage.exists(index_path(run_dir)):
+        index = storage.read_table(index_path(run_dir)).to_pandas()
+        index = index[index["shard"].isin(names)]
+    frames = [index]
+    wanted = ["video_id", *(error_column(b) for b in features.BRANCHES)]
+    for name in sorted(set(names) - set(index["shard"])):
+        frames.append(journal_rows(read_shards(run_dir, [name], wanted), name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_journal(run_dir: str, journal: pd.DataFrame) -> None:
+    storage.write_table(
+        pa.Table.from_pandas(journal[JOURNAL_COLUMNS], preserve_index=False), index_path(run_dir)
+    )
+
+
+def completed_ids(journal: pd.DataFrame, retry_errors: bool = False) -> set[str]:
+    """Videos a run need not process again: every written one, or with ``retry_errors`` those written
+    without an error at least once."""
+    if retry_errors:
+        journal = journal[~journal["errored"]]
+    return set(journal["video_id"])
 
 
 # ----------------------------------------------------------------------------------- planning a run
@@ -211,11 +271,18 @@ def completed_ids(run_dir: str) -> set[str]:
 
 @dataclass
 class RunPlan:
-    """The manifest's ids and the rows still to extract (``video_id, video_path, text``)."""
+    """The manifest's ids, the rows still to extract (``video_id, video_path, text``) and the journal."""
 
+    run_dir: str
     video_ids: list[str]
     todo: pd.DataFrame
     resumed: int
+    journal: pd.DataFrame
+
+    def record(self, rows: pd.DataFrame) -> None:
+        """Add a written shard's journal rows and rewrite the index (one small file)."""
+        self.journal = pd.concat([self.journal, rows[JOURNAL_COLUMNS]], ignore_index=True)
+        write_journal(self.run_dir, self.journal)
 
 
 def plan_run(cfg: Any) -> RunPlan:
@@ -230,8 +297,9 @@ def plan_run(cfg: Any) -> RunPlan:
         raise ValueError("the manifest repeats video ids; rerun `ecmf prepare`")
     check_spec(cfg.run_dir, feature_spec(cfg))
     rows = extraction_rows(cfg, manifest)
-    done = completed_ids(cfg.run_dir)
-    changed = changed_inputs(cfg.run_dir, rows, done)
+    journal = read_journal(cfg.run_dir)
+    write_journal(cfg.run_dir, journal)  # shards written after the index's last update: indexed now
+    changed = changed_inputs(cfg.run_dir, rows, completed_ids(journal))
     if changed:
         raise ValueError(
             f"{len(changed)} videos in {features.features_dir(cfg.run_dir)} were extracted from another video "
@@ -239,8 +307,9 @@ def plan_run(cfg: Any) -> RunPlan:
             f"use a new run_dir or delete {features.features_dir(cfg.run_dir)}"
         )
     record_inputs(cfg.run_dir, rows)
+    done = completed_ids(journal, retry_errors=bool(cfg.extract.retry_errors))
     todo = rows[~rows["video_id"].isin(done)].reset_index(drop=True)
-    return RunPlan(video_ids=manifest["video_id"].tolist(), todo=todo, resumed=len(rows) - len(todo))
+    return RunPlan(cfg.run_dir, manifest["video_id"].tolist(), todo, len(rows) - len(todo), journal)
 
 
 def input_blocks(todo: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
@@ -251,14 +320,18 @@ def input_blocks(todo: pd.DataFrame, batch_size: int) -> list[pd.DataFrame]:
 # ------------------------------------------------------------------------------------- consolidation
 
 
-def _first_rows(table: pa.Table, keep_ids: list[str]) -> pa.Table:
-    """Rows of manifest videos, each once (the first written), in manifest order."""
-    ids = pd.Series(table.column("video_id").to_pylist())
-    order = {v: i for i, v in enumerate(keep_ids)}
-    rank = ids.map(order)
-    keep = rank.notna() & ~ids.duplicated(keep="first")
-    indices = rank[keep].sort_values(kind="stable").index.to_numpy()
-    return table.take(pa.array(indices, pa.int64()))
+def _chosen_rows(table: pa.Table, keep_ids: list[str], ok: np.ndarray) -> pa.Table:
+    """One row per manifest video, in manifest order: its first success, else its latest error.
+
+    Rows come in write order; a video has several only when its errors were retried, and a retry must
+    not replace a branch that had already succeeded.
+    """
+    rows = pd.DataFrame({"video_id": table.column("video_id").to_pylist(), "ok": ok})
+    rows["rank"] = rows["video_id"].map({v: i for i, v in enumerate(keep_ids)})
+    rows = rows[rows["rank"].notna()].reset_index()
+    rows["priority"] = np.where(rows["ok"], -rows["index"], rows["index"])
+    chosen = rows.sort_values(["ok", "priority"]).drop_duplicates("video_id", keep="last")
+    return table.take(pa.array(chosen.sort_values("rank")["index"].to_numpy(), pa.int64()))
 
 
 def _write_parts(folder: str, table: pa.Table) -> None:
@@ -272,13 +345,16 @@ def _write_parts(folder: str, table: pa.Table) -> None:
         storage.remove(storage.join(folder, stale), recursive=True)
 
 
-def consolidate(run_dir: str, video_ids: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+def consolidate(
+    run_dir: str, video_ids: list[str], spec: dict[str, Any], journal: pd.DataFrame
+) -> dict[str, Any]:
     """Write ``features/<branch>/`` and ``errors.parquet`` from the shards: every manifest video, once.
 
     A video with no shard row (only possible if a run was cut short) gets a ``pipeline`` error per branch,
     so every manifest row is accounted for in every branch.
     """
     branches = list(spec["branches"])
+    shards = list(dict.fromkeys(journal["shard"]))  # in write order
     errors: list[dict[str, str]] = []
     failed: set[str] = set()
     written: dict[str, int] = {}
@@ -286,7 +362,10 @@ def consolidate(run_dir: str, video_ids: list[str], spec: dict[str, Any]) -> dic
         columns = ["video_id", feature_column(branch), error_column(branch), count_column(branch)]
         if branch == "face":
             columns.append(FACE_RATIO)
-        table = _first_rows(read_shards(run_dir, columns), video_ids)
+        table = read_shards(run_dir, shards, columns)
+        table = _chosen_rows(
+            table, video_ids, table.column(error_column(branch)).to_numpy(zero_copy_only=False) == ""
+        )
         cells = table.column(error_column(branch)).to_pylist()
         ids = table.column("video_id").to_pylist()
         ok = np.array([not c for c in cells], dtype=bool)
@@ -332,7 +411,7 @@ def consolidate(run_dir: str, video_ids: list[str], spec: dict[str, Any]) -> dic
 
 def finish_run(cfg: Any, plan: RunPlan, processed: int, seconds: float) -> dict[str, Any]:
     """Consolidate, then print the one summary line."""
-    summary = consolidate(cfg.run_dir, plan.video_ids, feature_spec(cfg))
+    summary = consolidate(cfg.run_dir, plan.video_ids, feature_spec(cfg), plan.journal)
     rate = processed / seconds if seconds > 0 else float("nan")
     summary.update(processed=processed, resumed=plan.resumed, seconds=round(seconds, 3), videos_per_s=rate)
     summary["output"] = features.features_dir(cfg.run_dir)

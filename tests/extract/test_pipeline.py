@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +19,9 @@ from ecmf_ray import features, storage
 from ecmf_ray.extract import store
 from ecmf_ray.extract.pipeline import run_extract
 from ecmf_ray.extract.reference import run_sequential
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from fake_features import start_driver  # noqa: E402
 
 PREWRITTEN = 3  # videos the interrupted "first run" managed to write
 
@@ -43,6 +51,11 @@ def test_resume_processes_only_the_rest(resumed_run, clips: pd.DataFrame) -> Non
     assert summary["resumed"] == PREWRITTEN
     assert summary["processed"] == len(clips) - PREWRITTEN
     assert not [n for n in storage.listdir(store.shards_dir(cfg.run_dir)) if ".tmp-" in n]
+    # The write stage: one shard for the rest (extract.write.videos_per_file is 1000), plus the first
+    # run's one shard per clip; the index names each video once.
+    assert len(store.shard_names(cfg.run_dir)) == PREWRITTEN + 1
+    journal = pd.read_parquet(store.index_path(cfg.run_dir))
+    assert sorted(journal["video_id"]) == sorted(clips["video_id"])
 
 
 def test_every_video_accounted_once_per_branch(resumed_run, clips: pd.DataFrame) -> None:
@@ -122,3 +135,78 @@ def test_changed_config_is_refused(tmp_path, clips: pd.DataFrame, model_cache: s
     changed = store.feature_spec(extract_config(run_dir, model_cache, "extract.hubert.layers=[1,2]"))
     with pytest.raises(ValueError, match="audio"):
         store.check_spec(run_dir, changed)
+
+
+def assert_accounted_once(run_dir: str, expected: set[str]) -> None:
+    """Every video in exactly one of a branch's features and its errors, once."""
+    errors = _errors(run_dir)
+    for branch in features.BRANCHES:
+        ids, _ = features.load_branch(run_dir, branch)
+        failed = errors.loc[errors["branch"] == branch, "video_id"].tolist()
+        assert sorted(ids + failed) == sorted(expected), branch
+
+
+def test_retry_errors_processes_only_the_errored_videos(
+    ray_cluster, tmp_path, clips: pd.DataFrame, model_cache: str
+) -> None:
+    """A file missing at the first run is there at the second: retry_errors=true extracts it and the
+    other errored videos again, replaces its errors with features, and leaves the rest as they were."""
+    late = str(tmp_path / "late.mp4")
+    run_dir = make_run(
+        str(tmp_path / "run"),
+        clips.assign(video_path=clips["video_path"].mask(clips["video_id"].eq(MISSING), late)),
+    )
+    cfg = extract_config(run_dir, model_cache)
+    first = run_sequential(cfg)
+    before = {b: features.load_branch(run_dir, b) for b in features.BRANCHES}
+    errored = set(_errors(run_dir)["video_id"])
+    assert MISSING in errored and first["videos_errored"] == len(errored)
+
+    shutil.copy(clips.loc[clips["video_id"].str.startswith("sample_"), "video_path"].iloc[0], late)
+    assert run_extract(cfg)["processed"] == 0  # off by default: errors stay
+    retry = extract_config(run_dir, model_cache, "extract.retry_errors=true")
+    assert "errored" in store.current(retry)
+    summary = run_extract(retry)
+    assert summary["processed"] == len(errored)
+    assert MISSING not in set(_errors(run_dir)["video_id"])
+    assert summary["videos_errored"] == len(errored) - 1
+    assert_accounted_once(run_dir, set(clips["video_id"]))
+    for branch, (ids, matrix) in before.items():
+        now_ids, now = features.load_branch(run_dir, branch)
+        assert set(now_ids) == {*ids, MISSING}
+        kept = [now_ids.index(v) for v in ids]
+        np.testing.assert_array_equal(now[kept], matrix)
+
+
+def test_kill_during_the_write_stage_then_a_rerun_loses_and_repeats_nothing(
+    ray_cluster, tmp_path, clips: pd.DataFrame, model_cache: str, sequential_run
+) -> None:
+    """A driver killed -9 once the write stage has written its first shards (two videos each); the
+    rerun processes only the videos no shard holds, and the outputs equal an uninterrupted run's."""
+    run_dir = make_run(str(tmp_path), clips)
+    args = [f"run_dir={run_dir}", f"storage.model_cache={model_cache}", "extract.frames.num=4",
+            *(f"extract.{stage}.batch_size=2" for stage in ("decode", "clip", "hubert", "roberta")),
+            "extract.write.videos_per_file=2"]  # fmt: skip
+    driver = start_driver(ray_cluster, "ecmf_ray.extract.pipeline:run_extract", args)
+    try:
+        deadline = time.monotonic() + 300
+        while not storage.exists(store.shards_dir(run_dir)) or not store.shard_names(run_dir):
+            assert driver.poll() is None and time.monotonic() < deadline, "no shard before the driver ended"
+            time.sleep(0.05)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    written = store.read_journal(run_dir)
+    assert 0 < len(written) < len(clips) and not written["video_id"].duplicated().any()
+
+    summary = run_extract(extract_config(run_dir, model_cache, "extract.write.videos_per_file=2"))
+    assert summary["resumed"] == len(written)
+    assert summary["processed"] == len(clips) - len(written)
+    journal = pd.read_parquet(store.index_path(run_dir))
+    assert sorted(journal["video_id"]) == sorted(clips["video_id"])  # each video written once
+    assert_accounted_once(run_dir, set(clips["video_id"]))
+    for branch in features.BRANCHES:
+        ids, matrix = features.load_branch(run_dir, branch)
+        seq_ids, seq_matrix = features.load_branch(sequential_run["run_dir"], branch)
+        assert ids == seq_ids
+        np.testing.assert_allclose(matrix, seq_matrix, rtol=1e-4, atol=1e-5, err_msg=branch)
