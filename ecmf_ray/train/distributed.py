@@ -261,6 +261,7 @@ def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[An
     # node) far longer than Ray Train's 60 s default before its worker starts: waiting is not a failure.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(train_cfg["worker_start_timeout_s"]))
     resources = {"CPU": float(train_cfg["cpus_per_worker"])}
+    to_tune = TuneReportCallback()
     if train_cfg["use_gpu"]:
         resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)
     trainer = TorchTrainer(
@@ -275,12 +276,26 @@ def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[An
             name=f"fold{fold}",
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=int(train_cfg["max_failures"])),
-            callbacks=[TuneReportCallback()],
+            callbacks=[to_tune],
             **run_config_storage(job["ray_dir"]),
         ),
     )
     result = trainer.fit()
+    drain_tune_reports(to_tune)
     return {"fold": fold, **(result.metrics or {})}
+
+
+def drain_tune_reports(to_tune: Any) -> None:
+    """Return once this trial's Tune session has handled every report the Train controller sent it.
+
+    Ray 2.60 deadlocks a trial whose function returns while a report is still in the one-slot queue
+    from the controller (seen under load in the autoscaling rehearsal): the session's main thread,
+    moving that report into its one-slot result queue, waits behind the function's own final report,
+    which waits for the main thread. The session skips empty items, so the second of two put here
+    returns only after the main thread has finished with every report before them.
+    """
+    for _ in range(2):
+        to_tune._training_actor_item_queue.put(None)
 
 
 def fold_concurrency(

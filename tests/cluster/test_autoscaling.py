@@ -25,7 +25,7 @@ CONFIG = REPO / "cluster" / "local-autoscaler.yaml"
 GPU_SHARES = ("extract.clip.num_gpus=0.5", "extract.hubert.num_gpus=0.25", "extract.roberta.num_gpus=0.25")
 FOLDS = 3
 SMALL_RUN = (
-    f"train.folds={FOLDS}", "train.max_epochs=6", "train.checkpoint_every=1", "train.early_stopping_patience=null",
+    f"train.folds={FOLDS}", "train.max_epochs=30", "train.checkpoint_every=1", "train.early_stopping_patience=null",
     "finalize.relabel.enabled=false", "finalize.ensemble=[{name: ecmf, overrides: []}]", "finalize.ablation=[]",
 )  # fmt: skip
 
