@@ -28,6 +28,7 @@ BRANCHES = ("frame", "face", "audio", "text")
 # benchmarks/README.md's baseline: the same runs with no node lost, timed with `-s`.
 LOSE_A_NODE = os.environ.get("ECMF_BENCH_KEEP_NODES") != "1"
 LOSS = "with a lost node" if LOSE_A_NODE else "with no node lost"
+EPOCHS = 200  # per fold in the training test
 # What Ray raises for lost work; none may end up as a video's error row.
 RAY_FAILURES = ("Ray", "Actor", "Worker", "Node", "ObjectLost", "OwnerDied", "NotProcessed")
 
@@ -117,8 +118,9 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
 
     run_dir = str(tmp_path / "run")
     write_fake_run(run_dir, n_train=240, n_test=30, separation=4.0)
-    # Two folds side by side, one per worker node; enough epochs after the first checkpoint to die in.
-    overrides = [f"run_dir={run_dir}", *SMALL, "train.folds=2", "train.max_epochs=40",
+    # Two folds side by side, one per worker node. Each fold's start-up takes ~30 s on 2 cores, so the
+    # folds get enough epochs (~35 s) that both are still training when the second one checkpoints.
+    overrides = [f"run_dir={run_dir}", *SMALL, "train.folds=2", f"train.max_epochs={EPOCHS}",
                  "train.early_stopping_patience=null", "train.max_failures=1"]  # fmt: skip
     doomed = head.add_worker(num_cpus=1)
     head.add_worker(num_cpus=1)
@@ -129,6 +131,9 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
         lambda: train.poll() is None and len(list(exp_dir.glob("ray/fold*/checkpoint_manager_snapshot.json"))) == 2,
         600, 0.2, "a checkpoint of each fold",
     )  # fmt: skip
+    assert not list(exp_dir.glob("folds/fold*/result.json")), (
+        "a fold ended before the other began: no node to lose"
+    )
     if LOSE_A_NODE:
         lose_a_node(head, doomed)
         head.add_worker(num_cpus=1)  # the replacement an autoscaler would bring
@@ -140,7 +145,7 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
     resumed = [f for f in metrics["per_fold"] if f["resumed_from_epoch"] > 0]
     # The lost node's fold (and any fold whose trial ran there) went on from its last checkpoint.
     assert bool(resumed) == LOSE_A_NODE, output[-3000:]
-    assert all(0 < f["resumed_from_epoch"] < 40 for f in resumed)
+    assert all(0 < f["resumed_from_epoch"] < EPOCHS for f in resumed)
 
     # The same folds trained in this process without any loss give the same scores.
     cfg = small_config(run_dir, *overrides)
