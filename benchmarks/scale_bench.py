@@ -122,11 +122,13 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args()
 
+    from ecmf_ray.cli import configure_logging
     from ecmf_ray.config import load_config
     from ecmf_ray.data.synth import synthesize
     from ecmf_ray.job_table import JOBS, resolve_job
     from ecmf_ray.runtime import init_ray
 
+    configure_logging()  # as `ecmf`: train's and finalize's progress lines
     run_dir = os.path.abspath(args.run_dir or tempfile.mkdtemp(prefix="ecmf_scale_bench_"))
     data_root = os.path.join(run_dir, "synth")
     labelled = round(args.videos * MISSION_LABELLED / MISSION_VIDEOS)
