@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import json
 import logging
 import os
 import re
@@ -47,8 +49,6 @@ _M = TypeVar("_M", bound="PreTrainedModel")
 
 MODEL_KINDS = ("clip", "hubert", "roberta")
 TINY_PREFIX = "tiny:"
-# Bump when a tiny recipe changes, so stale caches are never mixed with new ones.
-TINY_VERSION = "v1"
 _SEED = 0
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -151,7 +151,7 @@ def resolve_model_ref(ref: str, cache_dir: str) -> str:
             raise ValueError(
                 f"unknown tiny model {ref!r}; expected one of {[TINY_PREFIX + k for k in MODEL_KINDS]}"
             )
-        target = os.path.join(cache_root, "tiny", f"{name}-{TINY_VERSION}")
+        target = os.path.join(cache_root, "tiny", f"{name}-{tiny_recipe_key(name)}")
         return _materialize(target, _TINY_BUILDERS[name])
     if storage.is_remote(ref):
         return _materialize(_remote_cache_path(ref, cache_root), lambda tmp: _download_folder(ref, tmp))
@@ -418,3 +418,29 @@ _TINY_BUILDERS: dict[str, Callable[[str], None]] = {
     "hubert": _save_tiny_hubert,
     "roberta": _save_tiny_roberta,
 }
+
+
+def _tiny_recipe(kind: str) -> dict[str, Any]:
+    """Everything that decides a tiny model's files: its sizes, the seed, the code that builds them (its
+    builder and this module's helpers it calls), and the versions of the libraries that run that code."""
+    from importlib.metadata import version
+
+    sizes = {
+        "clip": {"vision": _CLIP_VISION["tiny"], "text": _TINY_CLIP_TEXT},
+        "hubert": _HUBERT["tiny"],
+        "roberta": _BERT["tiny"],
+    }[kind]
+    helpers = [_seeded, *((_bert_dims, tiny_bert_vocab) if kind == "roberta" else ())]
+    return {
+        "sizes": sizes,
+        "seed": _SEED,
+        "code": [inspect.getsource(f) for f in (_TINY_BUILDERS[kind], *helpers)],
+        "versions": {lib: version(lib) for lib in ("torch", "transformers")},
+    }
+
+
+def tiny_recipe_key(kind: str) -> str:
+    """A short hash of tiny model ``kind``'s recipe (:func:`_tiny_recipe`): a changed recipe is built afresh
+    under a new cache folder, never mixed up with files an older one built."""
+    recipe = json.dumps(_tiny_recipe(kind), sort_keys=True, default=str)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]

@@ -108,7 +108,8 @@ def test_concurrent_tiny_builds_agree(tmp_path) -> None:
     with ThreadPoolExecutor(4) as pool:
         paths = list(pool.map(lambda _: hub.resolve_model_ref("tiny:hubert", str(tmp_path)), range(4)))
     assert len(set(paths)) == 1
-    assert sorted(os.listdir(os.path.dirname(paths[0]))) == ["hubert-v1", "hubert-v1.lock"]
+    folder = f"hubert-{hub.tiny_recipe_key('hubert')}"
+    assert sorted(os.listdir(os.path.dirname(paths[0]))) == [folder, f"{folder}.lock"]
 
 
 def test_local_folder_and_tilde_cache(cache_dir: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -220,3 +221,24 @@ def test_builds_leave_the_callers_rng_alone() -> None:
     torch.manual_seed(123)
     hub.build_model_from_config("hubert", "tiny")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_changed_tiny_recipe_gets_a_cache_folder_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = {kind: hub.tiny_recipe_key(kind) for kind in hub.MODEL_KINDS}
+    assert len(set(keys.values())) == len(keys)
+    assert hub.tiny_recipe_key("hubert") == keys["hubert"]  # stable while nothing changes
+    # Sizes changed:
+    monkeypatch.setitem(hub._HUBERT, "tiny", {**hub._HUBERT["tiny"], "num_hidden_layers": 5})
+    assert hub.tiny_recipe_key("hubert") != keys["hubert"]
+    assert hub.tiny_recipe_key("clip") == keys["clip"]
+    monkeypatch.undo()
+
+    # The builder's code changed:
+    def saves_differently(folder: str) -> None:
+        hub._save_tiny_hubert(folder)
+
+    monkeypatch.setitem(hub._TINY_BUILDERS, "hubert", saves_differently)
+    assert hub.tiny_recipe_key("hubert") != keys["hubert"]
+    # A helper the builder calls changed:
+    monkeypatch.setattr(hub, "tiny_bert_vocab", lambda: ["[PAD]", "[UNK]"])
+    assert hub.tiny_recipe_key("roberta") != keys["roberta"]

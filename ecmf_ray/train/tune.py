@@ -328,11 +328,8 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
 
     Needs a Ray session (:func:`ecmf_ray.runtime.init_ray`).
     """
-    from ray import tune
-
     run_dir = storage.resolve(cfg.run_dir, os.getcwd())
     out_dir = tune_dir(run_dir)
-    ray_dir = storage.join(out_dir, "ray")
     base = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in ("model", "train")}
     searched = searched_keys(OmegaConf.to_container(cfg.tune.space, resolve=True), base)
     audio_features = list(cfg.tune.audio_features)
@@ -346,6 +343,25 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
         _searcher(cfg.tune, int(cfg.seed), start),
         _scheduler(cfg.tune, int(cfg.train.max_epochs), start),
     )
+    trainable = _trainable(cfg, run_dir, searched, base, labels, audio_features)
+    tuner = _tuner(cfg, run_dir, trainable, (param_space, search_alg, scheduler))
+    search_config = storage.join(out_dir, "search.yaml")
+    storage.write_text(search_config, to_yaml(cfg))
+    results = tuner.fit()
+    return _write_results(_trial_rows(results, labels, start), out_dir, search_config)
+
+
+def _trainable(
+    cfg: DictConfig,
+    run_dir: str,
+    searched: dict[str, Any],
+    base: dict[str, Any],
+    labels: dict,
+    audio_features: list[str],
+) -> Any:
+    """:func:`search_trial` with the features read once, the job's fixed settings, and its resources."""
+    from ray import tune
+
     data, audio = _load_data(cfg, run_dir, searched)
     job = {
         **base,
@@ -356,11 +372,20 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
         "gpus": float(cfg.tune.gpus_per_trial),
         "checkpoint_every": int(cfg.tune.checkpoint_every),
     }
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(search_trial, data=data, audio=audio, job=job),
         {"cpu": float(cfg.tune.cpus_per_trial), "gpu": float(cfg.tune.gpus_per_trial)},
     )
 
+
+def _tuner(cfg: DictConfig, run_dir: str, trainable: Any, new_search: tuple[dict[str, Any], Any, Any]) -> Any:
+    """The search's Tuner: the saved one when ``tune/`` holds a search and ``tune.resume`` is set, else a
+    new one from ``new_search`` (param space, search algorithm, scheduler). Refuses a search whose
+    settings changed, and a saved one that ``tune.resume`` does not ask for."""
+    from ray import tune
+
+    out_dir = tune_dir(run_dir)
+    ray_dir = storage.join(out_dir, "ray")
     fs, experiment_path = _experiment_location(ray_dir)
     settings = search_settings(cfg)
     recorded = read_record(record_path(run_dir))
@@ -376,35 +401,34 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
         # The saved experiment brings its own param space, search algorithm and scheduler; trials
         # take model:/train: values from this config, so resume with the config that started it.
         logger.info("resuming the search in %s", experiment_path)
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        if cfg.tune.resume:
-            logger.info("no search to resume in %s; starting one", out_dir)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="max",
-                search_alg=search_alg,
-                scheduler=scheduler,
-                # The seed is fixed, so a grid point run twice gives the same score twice.
-                num_samples=1 if cfg.tune.search == "grid" else int(cfg.tune.num_samples),
-                max_concurrent_trials=trial_concurrency(cfg.tune),
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=EXPERIMENT,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=1,
-                **run_config_storage(ray_dir),
-            ),
-        )
-    search_config = storage.join(out_dir, "search.yaml")
-    storage.write_text(search_config, to_yaml(cfg))
-    results = tuner.fit()
+        return tune.Tuner.restore(experiment_path, trainable, resume_errored=True, storage_filesystem=fs)
+    if cfg.tune.resume:
+        logger.info("no search to resume in %s; starting one", out_dir)
+    param_space, search_alg, scheduler = new_search
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            # The seed is fixed, so a grid point run twice gives the same score twice.
+            num_samples=1 if cfg.tune.search == "grid" else int(cfg.tune.num_samples),
+            max_concurrent_trials=trial_concurrency(cfg.tune),
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+            **run_config_storage(ray_dir),
+        ),
+    )
 
-    trials = _trial_rows(results, labels, start)
+
+def _write_results(trials: pd.DataFrame, out_dir: str, search_config: str) -> dict[str, Any]:
+    """trials.csv and best.yaml from the trials' rows (best first); returns the job's summary."""
     storage.write_csv(csv_cells(trials), storage.join(out_dir, "trials.csv"))
     if trials[METRIC].isna().all():
         raise RuntimeError(f"every trial failed; see {storage.join(out_dir, 'trials.csv')}")

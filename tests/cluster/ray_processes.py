@@ -162,6 +162,11 @@ class RayProcesses:
         """The pid of a node's raylet."""
         return next(p for p in group_members(group) if process_name(p) == "raylet")
 
+    def node_id(self, group: int) -> str:
+        """The Ray node id of a node (its raylet's ``--node_id``)."""
+        args = Path(f"/proc/{self.raylet_pid(group)}/cmdline").read_bytes().decode().split("\0")
+        return next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
+
     def remember(self) -> None:
         for group in self.groups:
             self.seen.update(group_tree(group).items())
