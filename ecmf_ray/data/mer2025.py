@@ -105,6 +105,106 @@ def read_candidates(uri: str, issues: list[dict[str, str]]) -> list[str]:
     return names.drop_duplicates().tolist()
 
 
+def require_file(root: str, name: str, key: str, hint: str = "") -> str:
+    """The URI of a configured release file; one that does not exist is an error naming key and path."""
+    uri = storage.join(root, name)
+    if not storage.exists(uri):
+        raise ManifestError(f"{key}={name}: file not found: {uri}{hint}")
+    return uri
+
+
+def read_labels(uri: str, issues: list[dict[str, str]]) -> pd.DataFrame:
+    """``track1_train_disdim.csv`` with stripped names, each once (a repeated name: the first row, an issue)."""
+    labels = read_csv_text(uri, issues)
+    require_columns(labels, ["name", "discrete"], uri)
+    labels = labels.assign(name=labels["name"].str.strip())
+    # Report duplicates here, against the file that has them; finalise() would see one merged row.
+    repeated = labels["name"].duplicated(keep="first")
+    for name in labels.loc[repeated, "name"]:
+        issues.append(
+            {
+                "name": name,
+                "problem": "duplicate name; the first row is kept",
+                "source": os.path.basename(uri),
+            }
+        )
+    return labels[~repeated]
+
+
+def read_subtitles(uri: str, text_column: str, issues: list[dict[str, str]]) -> dict[str, str]:
+    """``{name: transcript}`` from ``subtitle_chieng.csv`` (a repeated name: the first row)."""
+    subtitles = read_csv_text(uri, issues)
+    require_columns(subtitles, ["name", text_column], uri)
+    subtitles = subtitles.assign(name=subtitles["name"].str.strip()).drop_duplicates("name", keep="first")
+    return dict(zip(subtitles["name"], subtitles[text_column], strict=True))
+
+
+def split_unlabelled(
+    videos: dict[str, str],
+    labelled: set[str],
+    candidates_uri: str | None,
+    unlabeled: object,
+    seed: int,
+    issues: list[dict[str, str]],
+) -> tuple[list[str], list[str], dict[str, int]]:
+    """``(test, unlabeled, counts)``: test is the candidates file's names (every unlabelled clip when
+    ``candidates_uri`` is None); the other clips are extras, ``unlabeled`` says how many to include."""
+    if candidates_uri is None:
+        return sorted(set(videos) - labelled), [], {}
+    candidates = read_candidates(candidates_uri, issues)
+    source = os.path.basename(candidates_uri)
+    # The baseline trains on every labelled clip; a labelled candidate stays a training video.
+    for name in (n for n in candidates if n in labelled):
+        issues.append(
+            {
+                "name": name,
+                "problem": "a labelled clip is also a candidate; kept in train (not in the submission)",
+                "source": source,
+            }
+        )
+    test = [n for n in candidates if n not in labelled]
+    extras = sorted(set(videos) - labelled - set(candidates))
+    included = sample_extras(extras, unlabeled, seed)
+    counts = {
+        "candidates": len(candidates),
+        "candidates_labelled": len(candidates) - len(test),
+        "candidates_missing_video": sum(n not in videos for n in test),
+        "extra_clips": len(extras),
+        "extra_included": len(included),
+    }
+    return test, included, counts
+
+
+def manifest_rows(
+    labels: pd.DataFrame, test: list[str], included: list[str], text_by_name: dict[str, str]
+) -> pd.DataFrame:
+    """Labelled names as ``train``, then ``test`` and ``unlabeled``, with their transcripts (no path yet)."""
+    valence = (
+        pd.to_numeric(labels["valence"], errors="coerce")
+        if "valence" in labels
+        else pd.Series(float("nan"), index=labels.index)
+    )
+    unlabelled = {"label": None, "valence": float("nan")}
+    rows = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "video_id": labels["name"],
+                    "label": labels["discrete"].map(normalise_label),
+                    "split": "train",
+                    "valence": valence,
+                }
+            ),
+            pd.DataFrame({"video_id": test, "split": "test", **unlabelled}),
+            pd.DataFrame({"video_id": included, "split": "unlabeled", **unlabelled}),
+        ],
+        ignore_index=True,
+    )
+    # A clip with no subtitle row has empty text: ASR found no speech, which is not an error.
+    rows["text"] = rows["video_id"].map(lambda n: text_by_name.get(n, "")).fillna("")
+    return rows
+
+
 def import_mer2025(
     root: str,
     *,
@@ -119,88 +219,38 @@ def import_mer2025(
 ) -> PrepareResult:
     """The MER2025 release layout as a manifest.
 
-    Labelled names go to ``train``. When ``candidates_file`` exists (the real release's
-    ``track_all_candidates.csv``), ``test`` is exactly its names (the clips to predict), a candidate
-    without a video included; the other clips are extras, left out unless ``unlabeled`` asks for them
-    (``all`` or a seeded sample of N) as split ``unlabeled``, for self-training. Without that file
-    every unlabelled clip is a test candidate.
+    Labelled names go to ``train``. ``test`` is exactly the names in ``candidates_file`` (the real
+    release's ``track_all_candidates.csv``: the clips to predict), a candidate without a video included;
+    the other clips are extras, left out unless ``unlabeled`` asks for them (``all`` or a seeded sample
+    of N) as split ``unlabeled``, for self-training. ``candidates_file=None`` makes every unlabelled clip
+    a test candidate. A configured candidates or subtitles file that does not exist is an error: a typo
+    must not turn ~125k clips into test, nor every transcript into empty text.
     """
     issues: list[dict[str, str]] = []
     labels_uri = storage.join(root, labels_file)
-    subtitles_uri = storage.join(root, subtitles_file)
-    labels = read_csv_text(labels_uri, issues)
-    require_columns(labels, ["name", "discrete"], labels_uri)
-    subtitles = read_csv_text(subtitles_uri, issues)
-    require_columns(subtitles, ["name", text_column], subtitles_uri)
+    subtitles_uri = require_file(root, subtitles_file, "dataset.subtitles_file")
+    candidates_uri = (
+        require_file(
+            root,
+            candidates_file,
+            "dataset.candidates_file",
+            " (dataset.candidates_file=null makes every unlabelled clip a test candidate)",
+        )
+        if candidates_file
+        else None
+    )
+    labels = read_labels(labels_uri, issues)
+    text_by_name = read_subtitles(subtitles_uri, text_column, issues)
     videos = list_videos(storage.join(root, video_dir), list(video_extensions))
 
-    labels = labels.assign(name=labels["name"].str.strip())
-    # Report duplicates here, against the file that has them; finalise() would see one merged row.
-    repeated = labels["name"].duplicated(keep="first")
-    for name in labels.loc[repeated, "name"]:
-        issues.append(
-            {"name": name, "problem": "duplicate name; the first row is kept", "source": labels_file}
-        )
-    labels = labels[~repeated]
-    labelled = set(labels["name"])
-    subtitles = subtitles.assign(name=subtitles["name"].str.strip()).drop_duplicates("name", keep="first")
-    text_by_name = dict(zip(subtitles["name"], subtitles[text_column], strict=True))
-    valence = (
-        pd.to_numeric(labels["valence"], errors="coerce")
-        if "valence" in labels
-        else pd.Series(float("nan"), index=labels.index)
+    test, included, counts = split_unlabelled(
+        videos, set(labels["name"]), candidates_uri, unlabeled, seed, issues
     )
-
-    counts: dict[str, int] = {"labelled": len(labels)}
-    candidates_uri = storage.join(root, candidates_file) if candidates_file else None
-    if candidates_uri and storage.exists(candidates_uri):
-        candidates = read_candidates(candidates_uri, issues)
-        # The baseline trains on every labelled clip; a labelled candidate stays a training video.
-        for name in (n for n in candidates if n in labelled):
-            issues.append(
-                {
-                    "name": name,
-                    "problem": "a labelled clip is also a candidate; kept in train (not in the submission)",
-                    "source": candidates_file,
-                }
-            )
-        test = [n for n in candidates if n not in labelled]
-        extras = sorted(set(videos) - labelled - set(candidates))
-        included = sample_extras(extras, unlabeled, seed)
-        counts.update(
-            candidates=len(candidates),
-            candidates_labelled=len(candidates) - len(test),
-            candidates_missing_video=sum(n not in videos for n in test),
-            extra_clips=len(extras),
-            extra_included=len(included),
-        )
-    else:
-        test, included = sorted(set(videos) - labelled), []
-
-    def expected_path(name: str) -> str:
-        # A name with no clip gets its expected path; finalise() reports it as missing.
-        return videos.get(name, storage.join(root, video_dir, f"{name}.mp4"))
-
-    rows = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "video_id": labels["name"],
-                    "label": labels["discrete"].map(normalise_label),
-                    "split": "train",
-                    "valence": valence,
-                }
-            ),
-            pd.DataFrame({"video_id": test, "label": None, "split": "test", "valence": float("nan")}),
-            pd.DataFrame(
-                {"video_id": included, "label": None, "split": "unlabeled", "valence": float("nan")}
-            ),
-        ],
-        ignore_index=True,
+    rows = manifest_rows(labels, test, included, text_by_name)
+    # A name with no clip gets its expected path; finalise() reports it as missing.
+    rows["video_path"] = rows["video_id"].map(
+        lambda name: videos.get(name, storage.join(root, video_dir, f"{name}.mp4"))
     )
-    rows["video_path"] = rows["video_id"].map(expected_path)
-    # A clip with no subtitle row has empty text: ASR found no speech, which is not an error.
-    rows["text"] = rows["video_id"].map(lambda n: text_by_name.get(n, "")).fillna("")
     result = finalise(
         rows[list(SCHEMA.names)],
         issues,
@@ -208,7 +258,11 @@ def import_mer2025(
         keep_missing_video=("test",),
         split_sources={"test": candidates_file} if candidates_file else None,
     )
-    result.counts = counts
+    result.counts = {
+        "labelled": len(labels),
+        **counts,
+        "left_out": len(set(videos) - set(result.manifest["video_id"])),
+    }
     return result
 
 
@@ -239,4 +293,6 @@ def import_manifest(uri: str) -> PrepareResult:
     implied = rows["label"].notna().map({True: "train", False: "test"})
     given = df["split"].fillna("").astype(str).str.strip().str.lower() if "split" in df else implied
     rows["split"] = given.where(given != "", implied)
-    return finalise(rows[list(SCHEMA.names)], issues, os.path.basename(str(uri)))
+    result = finalise(rows[list(SCHEMA.names)], issues, os.path.basename(str(uri)))
+    result.counts = {"left_out": len(rows) - len(result.manifest)}
+    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
@@ -62,6 +63,7 @@ def run_prepare(cfg: DictConfig) -> dict:
 
     table = mf.counts(result.manifest)
     print(f"manifest: {len(result.manifest)} videos -> {out}")
+    print(split_line(result.manifest, result.counts.get("left_out", 0), ds.format))
     for line in describe_import(result.counts, ds):
         print(f"  {line}")
     print(table.to_string(index=False))
@@ -75,13 +77,21 @@ def run_prepare(cfg: DictConfig) -> dict:
     }
 
 
+def split_line(manifest: pd.DataFrame, left_out: int, dataset_format: str) -> str:
+    """One line: clips per split, and how many clips of the input are not in the manifest."""
+    per_split = manifest["split"].value_counts()
+    splits = ", ".join(f"{s} {int(per_split.get(s, 0))}" for s in mf.SPLITS)
+    what = "clips under video/" if dataset_format == "mer2025" else "manifest rows"
+    return f"clips per split: {splits}; left out: {left_out} ({what} not in the manifest)"
+
+
 def describe_import(counts: dict[str, int], ds: DictConfig) -> list[str]:
     """What the importer took from where, beyond the split counts: labelled, candidates, extras."""
     if "labelled" not in counts:
         return []
     lines = [f"labelled: {counts['labelled']} in {ds.labels_file} (train)"]
     if "candidates" not in counts:
-        lines.append(f"no candidates file ({ds.candidates_file}): every unlabelled clip is a test candidate")
+        lines.append("dataset.candidates_file=null: every unlabelled clip is a test candidate")
         return lines
     lines.append(
         f"candidates: {counts['candidates']} in {ds.candidates_file} (test); "

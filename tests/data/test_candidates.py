@@ -42,6 +42,7 @@ def test_test_is_exactly_the_candidates_and_extras_are_left_out(tmp_path: Path) 
         "candidates_missing_video": 1,
         "extra_clips": 6,
         "extra_included": 0,
+        "left_out": 6,
     }
     # The candidate without a video stays (it must be in the submission), with its text and an issue.
     c9 = result.manifest.set_index("video_id").loc["c9"]
@@ -82,12 +83,54 @@ def test_labelled_candidate_stays_in_train_and_repeats_are_listed_once(tmp_path:
     }
 
 
-def test_without_a_candidates_file_every_unlabelled_clip_is_test(tmp_path: Path) -> None:
-    root = make_release(tmp_path, None)
-    result = import_mer2025(str(root), unlabeled="all")
+def test_a_missing_candidates_file_is_an_error_naming_its_path(tmp_path: Path, capsys) -> None:
+    """A typo must not turn every unlabelled clip (~125k in the release) into test."""
+    root = make_release(tmp_path / "data", None)
+    expected = str(root / "track_all_candidates.csv")
+    with pytest.raises(ManifestError, match="dataset.candidates_file=track_all_candidates.csv") as err:
+        import_mer2025(str(root))
+    assert expected in str(err.value) and "dataset.candidates_file=null" in str(err.value)
+    with pytest.raises(ManifestError, match=r"dataset.candidates_file=cands\.csv: file not found"):
+        import_mer2025(str(make_release(tmp_path / "other", "name\nc1\n")), candidates_file="cands.csv")
+    run = tmp_path / "run"
+    assert main(["prepare", f"run_dir={run}", f"dataset.root={root}"]) == 2
+    assert expected in capsys.readouterr().err and not (run / "manifest.parquet").exists()
+
+
+def test_candidates_file_null_makes_every_unlabelled_clip_test(tmp_path: Path, capsys) -> None:
+    root = make_release(tmp_path / "data", None)
+    result = import_mer2025(str(root), candidates_file=None, unlabeled="all")
     assert (
         split_of(result)["test"] == sorted(["c1", "c2", "c3", *EXTRAS]) and "candidates" not in result.counts
     )
+    assert result.counts == {"labelled": 3, "left_out": 0}
+    assert (
+        main(
+            ["prepare", f"run_dir={tmp_path / 'run'}", f"dataset.root={root}", "dataset.candidates_file=null"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "dataset.candidates_file=null: every unlabelled clip is a test candidate" in out
+    assert "clips per split: train 3, test 9, unlabeled 0; left out: 0" in out
+
+
+def test_a_missing_subtitles_file_is_an_error_naming_its_path(tmp_path: Path, capsys) -> None:
+    root = make_release(tmp_path / "data", "name\n" + "\n".join(CANDIDATES) + "\n")
+    (root / "subtitle_chieng.csv").unlink()
+    with pytest.raises(
+        ManifestError, match="dataset.subtitles_file=subtitle_chieng.csv: file not found"
+    ) as err:
+        import_mer2025(str(root))
+    assert str(root / "subtitle_chieng.csv") in str(err.value)
+    assert main(["prepare", f"run_dir={tmp_path / 'run'}", f"dataset.root={root}"]) == 2
+    assert str(root / "subtitle_chieng.csv") in capsys.readouterr().err
+
+
+def test_a_clip_without_a_subtitle_row_has_empty_text_and_no_issue(tmp_path: Path) -> None:
+    root = make_release(tmp_path, "name\n" + "\n".join(CANDIDATES) + "\n")
+    texts = import_mer2025(str(root)).manifest.set_index("video_id")["text"]
+    assert texts["l1"] == "开心" and texts["c1"] == "你好" and texts["l2"] == texts["c2"] == ""
 
 
 def test_candidates_file_without_name_column(tmp_path: Path) -> None:
@@ -105,6 +148,10 @@ def test_prepare_prints_where_the_rows_came_from(tmp_path: Path, capsys) -> None
     assert "labelled: 3 in track1_train_disdim.csv (train)" in out
     assert "candidates: 4 in track_all_candidates.csv (test); 1 without a video" in out
     assert "extra unlabelled clips: 6; 2 included as unlabeled, 4 left out (dataset.unlabeled=2)" in out
+    assert (
+        "clips per split: train 3, test 4, unlabeled 2; left out: 4 (clips under video/ not in the manifest)"
+        in out
+    )
     manifest = read_manifest(str(run / "manifest.parquet"))
     assert manifest["split"].value_counts().to_dict() == {"test": 4, "train": 3, "unlabeled": 2}
     issues = pd.read_csv(run / "prepare_issues.csv")

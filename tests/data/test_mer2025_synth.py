@@ -19,7 +19,11 @@ def test_synth_then_prepare(tmp_path: Path, capsys):
     labels.write_text(labels.read_text() + "ghost,happy,1.0\n")
 
     assert main(["prepare", f"run_dir={run}", f"dataset.root={data}"]) == 0
-    assert "manifest: 16 videos" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "manifest: 16 videos" in out
+    # The plain synthetic layout lists every unlabelled clip as a candidate.
+    assert "candidates: 4 in track_all_candidates.csv (test)" in out
+    assert "clips per split: train 12, test 4, unlabeled 0; left out: 0" in out
 
     manifest = read_manifest(str(run / "manifest.parquet"))
     truth = pd.read_csv(data / "truth.csv").set_index("name")

@@ -13,12 +13,17 @@ from ecmf_ray.data.prepare import run_prepare
 
 
 def make_release(root: Path, labels: str, subtitles: str | bytes, videos: list[str]) -> Path:
+    """The release's files; every unlabelled clip is listed as a candidate."""
     (root / "video").mkdir(parents=True)
     for name in videos:
         (root / "video" / name).write_bytes(b"not decoded by prepare")
     (root / "track1_train_disdim.csv").write_text(labels, encoding="utf-8")
     data = subtitles if isinstance(subtitles, bytes) else subtitles.encode("utf-8")
     (root / "subtitle_chieng.csv").write_bytes(data)
+    labelled = {line.split(",")[0] for line in labels.splitlines()[1:]}
+    clips = [Path(v).stem for v in videos if Path(v).suffix in (".mp4", ".avi")]
+    candidates = [c for c in clips if c not in labelled]
+    (root / "track_all_candidates.csv").write_text("name\n" + "".join(f"{c}\n" for c in candidates))
     return root
 
 
@@ -107,7 +112,7 @@ def test_csv_manifest_resolves_relative_paths(tmp_path: Path):
     m = result.manifest.set_index("video_id")
     assert m.loc["x", "video_path"] == str(tmp_path / "clips" / "x.mp4")
     assert m.loc["y", "split"] == "test" and m.loc["z", "split"] == "train" and m.loc["z", "text"] == ""
-    assert [i["name"] for i in result.issues] == ["w"]
+    assert [i["name"] for i in result.issues] == ["w"] and result.counts == {"left_out": 1}
 
 
 def test_prepare_job_writes_manifest_and_issues(tmp_path: Path):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ecmf_ray.models import build_model, count_parameters
-from ecmf_ray.models.ecmf import masked_mean
+from ecmf_ray.models.ecmf import masked_mean, pair_mask
 
 PAPER = {
     "name": "ecmf",
@@ -120,20 +120,50 @@ def test_modality_token_switch():
 
 
 def test_prepended_tokens_are_sequence_elements_read_by_the_mean():
-    """prepend: attention sees [t_1..t_M, h_1..h_M]; the classifier reads the mean over present elements."""
+    """prepend: [t_1..t_M, h_1..h_M], the first layer within each [t_b, h_b] pair, the second across all
+    present elements; the classifier reads the mean over present elements."""
     model = build_model(small(), SMALL_DIMS).eval()
     features, present = inputs(SMALL_DIMS)
     present[1, 2] = False
     tokens = torch.stack([e(x) for e, x in zip(model.encoders, features, strict=True)], dim=1)
     sequence = torch.cat([model.modality_tokens.expand(5, -1, -1), tokens], dim=1)
     mask = torch.cat([present, present], dim=1)  # a missing branch: its token and its feature both masked
-    expected = model.classifier(masked_mean(model.attention(sequence, src_key_padding_mask=~mask), mask))
+    first, second = model.attention.layers
+    attended = second(first(sequence, src_mask=pair_mask(4)), src_key_padding_mask=~mask)
+    expected = model.classifier(masked_mean(attended, mask))
     torch.testing.assert_close(model(features, present), expected)
     # The missing branch's token has no effect either.
     with torch.no_grad():
         model.modality_tokens[2] += 5.0
     torch.testing.assert_close(model(features, present)[1], expected[1])
     assert not torch.allclose(model(features, present)[0], expected[0])
+
+
+def test_pair_mask_lets_each_element_see_its_own_branch_only():
+    # [t_1, t_2, h_1, h_2]: t_1 and h_1 see each other, t_2 and h_2 see each other.
+    allowed = ~pair_mask(2)
+    assert allowed.tolist() == [
+        [True, False, True, False],
+        [False, True, False, True],
+        [True, False, True, False],
+        [False, True, False, True],
+    ]
+
+
+@pytest.mark.parametrize(("modality_token", "tied"), [("prepend", True), ("add", True), ("none", False)])
+def test_swap_probe_the_token_marks_its_modality(modality_token, tied):
+    """Identical encoders, two branches' inputs swapped: only a token tied to its branch tells them apart."""
+    dims = [12] * 4
+    model = build_model(small(modality_token=modality_token), dims).eval()
+    for encoder in model.encoders[1:]:
+        encoder.load_state_dict(model.encoders[0].state_dict())
+    features, present = inputs(dims)
+    swapped = [features[1], features[0], *features[2:]]
+    change = (model(features, present) - model(swapped, present)).abs().max().item()
+    if tied:
+        assert change > 1e-3
+    else:
+        assert change < 1e-6
 
 
 @pytest.mark.parametrize("value", [True, False])
