@@ -12,7 +12,10 @@ import hashlib
 import json
 from typing import Any
 
+import pandas as pd
+
 from ecmf_ray import storage
+from ecmf_ray.data.manifest import manifest_path, read_manifest
 
 
 def digest(value: Any) -> str:
@@ -55,22 +58,8 @@ def stale_reason(what: str, recorded: dict[str, Any] | None, wanted: dict[str, A
 
 def manifest_digest(run_dir: str) -> str:
     """The manifest's identity: every row's id, video, text, label and split."""
-    import pandas as pd
-
-    from ecmf_ray.data.manifest import manifest_path, read_manifest
-
     columns = ["video_id", "video_path", "text", "label", "split"]
     manifest = read_manifest(manifest_path(run_dir))[columns].astype(str)
     return hashlib.sha1(pd.util.hash_pandas_object(manifest, index=False).to_numpy().tobytes()).hexdigest()[
         :16
     ]
-
-
-def data_digest(run_dir: str) -> str:
-    """The training data's identity: the manifest and the feature spec its features were extracted with.
-
-    Experiments record it, so a model trained on other features or another manifest is never reused.
-    """
-    from ecmf_ray.extract.store import spec_path
-
-    return digest({"manifest": manifest_digest(run_dir), "spec": read_record(spec_path(run_dir))})

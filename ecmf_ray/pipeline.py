@@ -74,6 +74,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
     for step in enabled_steps(cfg):
         if step == "finalize" and cfg.pipeline.tune:
             cfg = with_best_trial(cfg)
+        if step == "finalize":
+            from ecmf_ray.review.decisions import with_review_decisions
+
+            cfg = with_review_decisions(cfg)  # ``ecmf review``'s final/reviewed.csv, when it exists
         reason = "named in pipeline.force" if step in cfg.pipeline.force else reason_to_run(cfg, step)
         if reason is None:
             print(f"pipeline: {step} is done and current; skipped")

@@ -7,9 +7,11 @@
 
 Each encoder is its own actor pool (``ActorPoolStrategy``); the model loads once per actor. CLIP runs
 first because it drops the largest columns (the crops), so later stages move only vectors, audio and text.
-The write tasks store each group of finished videos as an atomic shard (see :mod:`ecmf_ray.extract.store`)
+The write tasks store each group of finished videos as an atomic shard (see :mod:`ecmf_ray.extract.journal`)
 and pass on only their ids, which the driver records in the journal while Ray Data keeps streaming; at
-the end the driver consolidates the shards into ``features/<branch>/`` and ``errors.parquet``.
+the end the driver consolidates the shards into ``features/<branch>/`` and ``errors.parquet``
+(:mod:`ecmf_ray.extract.store`). The graph holds only the branches its videos lack: after a changed
+``extract.hubert.layers`` it is decode ─▶ HuBERT ─▶ write.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ecmf_ray import runtime
-from ecmf_ray.extract import resources, store
+from ecmf_ray.extract import journal, resources, store
 from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
 from ecmf_ray.extract.media import decode_batch
+from ecmf_ray.stall import stall_guarded_batches
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +72,9 @@ def _actor_stage(ds: Any, encoder: type, cfg: DictConfig, stage_cfg: Any) -> Any
     )
 
 
-def build_dataset(cfg: DictConfig, todo: Any) -> Any:
-    """The lazy Ray Data graph over ``todo`` (``video_id, video_path, text`` rows)."""
+def build_dataset(cfg: DictConfig, todo: Any, digests: dict[str, str]) -> Any:
+    """The lazy Ray Data graph over ``todo`` (``video_id, video_path, text`` rows), for the branches of
+    ``cfg.extract.branches``; ``digests`` (branch -> spec digest) goes into each shard's journal rows."""
     import ray.data
 
     e = cfg.extract
@@ -98,8 +102,8 @@ def build_dataset(cfg: DictConfig, todo: Any) -> Any:
     # each. A map's own batch_size would also cut the remainders of the blocks it bundles.
     ds = ds.repartition(target_num_rows_per_block=int(e.write.videos_per_file), strict=True)
     return ds.map_batches(
-        store.write_shard,
-        fn_kwargs={"run_dir": cfg.run_dir, "branches": list(e.branches)},
+        journal.write_shard,
+        fn_kwargs={"run_dir": cfg.run_dir, "digests": digests},
         batch_size=None,
         batch_format="numpy",
         num_cpus=float(e.write.num_cpus),
@@ -116,14 +120,20 @@ def run_extract(cfg: DictConfig) -> dict:
     import ray.data
 
     plan = store.plan_run(cfg)
-    logger.info("extract: %d videos to process, %d already written", len(plan.todo), plan.resumed)
+    logger.info("extract: %d videos to process, %d already written", plan.todo, plan.resumed)
     ray.data.DataContext.get_current().enable_progress_bars = True
     start = time.perf_counter()
     processed = 0
-    if len(plan.todo):
-        check_cluster(cfg)
-        ds = build_dataset(cfg, plan.todo)
-        for written in ds.iter_batches(batch_size=None, batch_format="pandas"):
+
+    def progress() -> tuple[int, int]:
+        return plan.resumed + processed, len(plan.video_ids)
+
+    for step in plan.passes:
+        print(f"extract: {len(step.todo)} videos, branches {', '.join(step.branches)}")
+        pass_cfg = store.pass_config(cfg, step.branches)
+        check_cluster(pass_cfg)
+        ds = build_dataset(pass_cfg, step.todo, plan.digests(step.branches))
+        for written in stall_guarded_batches(ds, "extract", float(cfg.extract.stall_timeout_s), progress):
             plan.record(written)
             processed += len(written)
     return store.finish_run(cfg, plan, processed, time.perf_counter() - start)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from ecmf_ray.extract import store
 from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
+from ecmf_ray.extract.journal import write_shard
 from ecmf_ray.extract.media import decode_batch
 
 
@@ -36,15 +37,18 @@ def run_sequential(cfg: DictConfig, limit: int | None = None) -> dict:
     ``limit`` stops after that many clips without consolidating (used to pre-write a partial run).
     """
     plan = store.plan_run(cfg)
-    branches = list(cfg.extract.branches)
     start = time.perf_counter()
-    stages = build_stages(cfg)
-    todo = plan.todo if limit is None else plan.todo.head(limit)
-    for block in store.input_blocks(todo, 1):
-        batch = decode_batch({name: block[name].to_numpy() for name in block.columns}, cfg)
-        for stage in stages:
-            batch = stage(batch)
-        plan.record(store.write_shard(batch, cfg.run_dir, branches))
+    processed = 0
+    for step in plan.passes:
+        pass_cfg = store.pass_config(cfg, step.branches)
+        stages = build_stages(pass_cfg)
+        todo = step.todo if limit is None else step.todo.head(max(limit - processed, 0))
+        for block in store.input_blocks(todo, 1):
+            batch = decode_batch({name: block[name].to_numpy() for name in block.columns}, pass_cfg)
+            for stage in stages:
+                batch = stage(batch)
+            plan.record(write_shard(batch, cfg.run_dir, plan.digests(step.branches)))
+        processed += len(todo)
     if limit is not None:
-        return {"processed": len(todo)}
-    return store.finish_run(cfg, plan, len(todo), time.perf_counter() - start)
+        return {"processed": processed}
+    return store.finish_run(cfg, plan, processed, time.perf_counter() - start)

@@ -48,7 +48,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ecmf_ray import storage
-from ecmf_ray.freshness import changed_keys, data_digest, read_record, stale_reason
+from ecmf_ray.extract.spec import data_digest
+from ecmf_ray.freshness import changed_keys, read_record, stale_reason
 from ecmf_ray.models import validate_model_config
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import (
@@ -243,14 +244,16 @@ def run_config_storage(uri: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
-def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[Any]) -> dict[str, Any]:
+def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[Any]) -> None:
     """Tune trial: run the fold of ``config["task"]`` (experiment index, fold) as a TorchTrainer.
 
-    ``data``: the shared features' object reference, in a list so that Tune passes the reference.
+    ``data``: the shared features' object reference, in a list so that Tune passes the reference. The
+    trainer's reports reach Tune (and the progress lines) through :class:`TrainReportRelay`.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ecmf_ray.train.report_relay import TrainReportRelay
 
     # The controller started below polls its workers (and so takes each report) every 2 s by
     # default, a long time next to an epoch of these small models; poll 4 times a second.
@@ -261,7 +264,7 @@ def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[An
     # node) far longer than Ray Train's 60 s default before its worker starts: waiting is not a failure.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(train_cfg["worker_start_timeout_s"]))
     resources = {"CPU": float(train_cfg["cpus_per_worker"])}
-    to_tune = TuneReportCallback()
+    to_tune = TrainReportRelay()
     if train_cfg["use_gpu"]:
         resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)
     trainer = TorchTrainer(
@@ -280,22 +283,7 @@ def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[An
             **run_config_storage(job["ray_dir"]),
         ),
     )
-    result = trainer.fit()
-    drain_tune_reports(to_tune)
-    return {"fold": fold, **(result.metrics or {})}
-
-
-def drain_tune_reports(to_tune: Any) -> None:
-    """Return once this trial's Tune session has handled every report the Train controller sent it.
-
-    Ray 2.60 deadlocks a trial whose function returns while a report is still in the one-slot queue
-    from the controller (seen under load in the autoscaling rehearsal): the session's main thread,
-    moving that report into its one-slot result queue, waits behind the function's own final report,
-    which waits for the main thread. The session skips empty items, so the second of two put here
-    returns only after the main thread has finished with every report before them.
-    """
-    for _ in range(2):
-        to_tune._training_actor_item_queue.put(None)
+    to_tune.fit(trainer.fit)
 
 
 def fold_concurrency(

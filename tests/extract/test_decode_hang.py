@@ -6,9 +6,11 @@ which never happens, so FFmpeg blocks inside ``avformat_open_input`` as on a stu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import operator
 import os
+import shutil
 import time
 
 import pandas as pd
@@ -17,12 +19,14 @@ from conftest import extract_config, make_run
 
 from ecmf_ray import features
 from ecmf_ray.data.synth import synthesize
-from ecmf_ray.extract import decoder_process
+from ecmf_ray.extract import decoder_process, journal
 from ecmf_ray.extract.decoder_process import DecoderProcess, DecodeTimeout
 from ecmf_ray.extract.pipeline import run_extract
+from ecmf_ray.stall import Stalled
 
 HANG = "hang"
 TIMEOUT_S = 15  # generous: good clips must decode within it on a loaded 2-core CI machine
+STALL_S = 20
 
 
 def _alive(pid: int) -> bool:
@@ -121,3 +125,32 @@ def test_this_process_decoder_is_reused() -> None:
     pid = decoder_process.current_pid()
     assert decoder_process.call(operator.mul, (2, 3), 30, "second") == 6
     assert decoder_process.current_pid() == pid
+
+
+def test_a_stalled_run_fails_naming_the_stage_then_a_rerun_resumes(
+    ray_cluster, hang_run: tuple[str, pd.DataFrame], tmp_path, model_cache: str
+) -> None:
+    """A decode that blocks longer than extract.stall_timeout_s stops the run with one error naming the
+    stage and the videos done and not done; once the file is readable, a rerun extracts every video once."""
+    fifo, clips = hang_run
+    run_dir = make_run(str(tmp_path / "run"), clips)
+    overrides = ["extract.decode.timeout_s=600", "extract.write.videos_per_file=1"]
+    with pytest.raises(Stalled) as stalled:
+        run_extract(extract_config(run_dir, model_cache, f"extract.stall_timeout_s={STALL_S}", *overrides))
+    message = str(stalled.value)
+    assert message.startswith(f"extract: no progress for {STALL_S} s (extract.stall_timeout_s)")
+    assert f"0 of {len(clips)} videos done, {len(clips)} not done" in message  # one decode task holds all
+    assert "Rerun `ecmf extract` to resume" in message
+    assert journal.read_journal(run_dir).empty
+
+    with contextlib.suppress(OSError):  # a reader still blocked on the pipe, if any, sees its end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    os.remove(fifo)
+    shutil.copy(clips.loc[clips["video_id"] != HANG, "video_path"].iloc[0], fifo)
+    summary = run_extract(extract_config(run_dir, model_cache, *overrides))
+    assert summary["processed"] == len(clips) and summary["videos_errored"] == 0
+    # The journal and the shards themselves: every video written exactly once.
+    index = pd.read_parquet(journal.index_path(run_dir))
+    assert sorted(index["video_id"]) == sorted(clips["video_id"])
+    shards = journal.read_shards(run_dir, journal.shard_names(run_dir), ["video_id"])
+    assert sorted(shards.column("video_id").to_pylist()) == sorted(clips["video_id"])

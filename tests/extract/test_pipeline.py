@@ -16,7 +16,7 @@ import pytest
 from conftest import GOOD, MISSING, extract_config, make_run
 
 from ecmf_ray import features, storage
-from ecmf_ray.extract import store
+from ecmf_ray.extract import journal, spec, store
 from ecmf_ray.extract.pipeline import run_extract
 from ecmf_ray.extract.reference import run_sequential
 
@@ -32,7 +32,7 @@ def resumed_run(ray_cluster, clips: pd.DataFrame, model_cache: str, tmp_path_fac
     run_dir = make_run(str(tmp_path_factory.mktemp("ray-run")), clips)
     cfg = extract_config(run_dir, model_cache)
     run_sequential(cfg, limit=PREWRITTEN)
-    storage.write_bytes(storage.join(store.shards_dir(run_dir), "x.parquet.tmp-dead"), b"PAR1 half")
+    storage.write_bytes(storage.join(journal.shards_dir(run_dir), "x.parquet.tmp-dead"), b"PAR1 half")
     return cfg, run_extract(cfg)
 
 
@@ -50,12 +50,12 @@ def test_resume_processes_only_the_rest(resumed_run, clips: pd.DataFrame) -> Non
     cfg, summary = resumed_run
     assert summary["resumed"] == PREWRITTEN
     assert summary["processed"] == len(clips) - PREWRITTEN
-    assert not [n for n in storage.listdir(store.shards_dir(cfg.run_dir)) if ".tmp-" in n]
+    assert not [n for n in storage.listdir(journal.shards_dir(cfg.run_dir)) if ".tmp-" in n]
     # The write stage: one shard for the rest (extract.write.videos_per_file is 1000), plus the first
     # run's one shard per clip; the index names each video once.
-    assert len(store.shard_names(cfg.run_dir)) == PREWRITTEN + 1
-    journal = pd.read_parquet(store.index_path(cfg.run_dir))
-    assert sorted(journal["video_id"]) == sorted(clips["video_id"])
+    assert len(journal.shard_names(cfg.run_dir)) == PREWRITTEN + 1
+    index = pd.read_parquet(journal.index_path(cfg.run_dir))
+    assert sorted(index["video_id"]) == sorted(clips["video_id"])
 
 
 def test_every_video_accounted_once_per_branch(resumed_run, clips: pd.DataFrame) -> None:
@@ -128,13 +128,54 @@ def test_rerun_of_a_finished_run_changes_nothing(resumed_run) -> None:
     assert os.listdir(features.branch_dir(cfg.run_dir, "frame")) == ["part-00000.parquet"]
 
 
-def test_changed_config_is_refused(tmp_path, clips: pd.DataFrame, model_cache: str) -> None:
+def _branch_bytes(run_dir: str, branch: str) -> dict[str, bytes]:
+    folder = Path(features.branch_dir(run_dir, branch))
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_changed_hubert_layers_reextract_the_audio_branch_alone(
+    ray_cluster, tmp_path, clips: pd.DataFrame, model_cache: str, capsys
+) -> None:
+    """A finished run, then another HuBERT layer list: only audio is extracted again, once per video; the
+    other branches' files stay byte for byte; the old audio features wait under features/audio.<hash>/
+    until the run finishes."""
     run_dir = make_run(str(tmp_path), clips)
-    store.check_spec(run_dir, store.feature_spec(extract_config(run_dir, model_cache)))
-    storage.write_bytes(storage.join(store.shards_dir(run_dir), "a.parquet"), b"")
-    changed = store.feature_spec(extract_config(run_dir, model_cache, "extract.hubert.layers=[1,2]"))
-    with pytest.raises(ValueError, match="audio"):
-        store.check_spec(run_dir, changed)
+    run_sequential(extract_config(run_dir, model_cache))
+    before = {b: _branch_bytes(run_dir, b) for b in features.BRANCHES}
+    old_spec, old_data = spec.read_spec(run_dir), spec.data_digest(run_dir)
+    old_rows = len(journal.read_journal(run_dir))
+
+    changed = extract_config(run_dir, model_cache, "extract.hubert.layers=[1,2]")
+    assert "changed: audio.layers" in store.current(changed)
+    plan = store.plan_run(changed)  # retires the old audio features, extracts nothing yet
+    assert [(p.branches, len(p.todo)) for p in plan.passes] == [(["audio"], len(clips))]
+    retired = Path(store.retired_dir(run_dir, "audio", old_spec["audio"]))
+    assert not Path(features.branch_dir(run_dir, "audio")).exists()
+    assert {p.name: p.read_bytes() for p in retired.iterdir()} == before["audio"]
+
+    summary = run_extract(changed)
+    out = capsys.readouterr().out
+    assert "audio extracted again, frame, face, text kept" in out
+    assert f"extract: {len(clips)} videos, branches audio" in out
+    assert summary["processed"] == len(clips) and summary["resumed"] == 0
+    # The audio model ran once per video and nothing else ran: the journal's new rows are audio alone,
+    # each video once, and the new shards hold no other branch's columns.
+    rows = journal.read_journal(run_dir)
+    new = rows.iloc[old_rows:]
+    new_spec = spec.feature_spec(changed)
+    assert set(new["specs"]) == {journal.specs_key(spec.branch_digests({"audio": new_spec["audio"]}))}
+    assert sorted(new["video_id"]) == sorted(clips["video_id"])
+    for name in new["shard"].unique():
+        columns = pq.read_schema(Path(journal.shards_dir(run_dir), name)).names
+        assert not [c for c in columns if c.startswith(("frame", "face", "text"))], columns
+    for branch in ("frame", "face", "text"):
+        assert _branch_bytes(run_dir, branch) == before[branch], branch
+    audio = pd.read_parquet(features.branch_dir(run_dir, "audio"))
+    assert set(audio["layers"]) == {"1,2"}
+    assert not retired.exists()  # the run finished: the old features go
+    assert spec.read_spec(run_dir) == new_spec and store.current(changed) is None
+    assert spec.data_digest(run_dir) != old_data  # training on the old features is stale
+    assert_accounted_once(run_dir, set(clips["video_id"]))
 
 
 def assert_accounted_once(run_dir: str, expected: set[str]) -> None:
@@ -190,20 +231,20 @@ def test_kill_during_the_write_stage_then_a_rerun_loses_and_repeats_nothing(
     driver = start_driver(ray_cluster, "ecmf_ray.extract.pipeline:run_extract", args)
     try:
         deadline = time.monotonic() + 300
-        while not storage.exists(store.shards_dir(run_dir)) or not store.shard_names(run_dir):
+        while not storage.exists(journal.shards_dir(run_dir)) or not journal.shard_names(run_dir):
             assert driver.poll() is None and time.monotonic() < deadline, "no shard before the driver ended"
             time.sleep(0.05)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    written = store.read_journal(run_dir)
+    written = journal.read_journal(run_dir)
     assert 0 < len(written) < len(clips) and not written["video_id"].duplicated().any()
 
     summary = run_extract(extract_config(run_dir, model_cache, "extract.write.videos_per_file=2"))
     assert summary["resumed"] == len(written)
     assert summary["processed"] == len(clips) - len(written)
-    journal = pd.read_parquet(store.index_path(run_dir))
-    assert sorted(journal["video_id"]) == sorted(clips["video_id"])  # each video written once
+    index = pd.read_parquet(journal.index_path(run_dir))
+    assert sorted(index["video_id"]) == sorted(clips["video_id"])  # each video written once
     assert_accounted_once(run_dir, set(clips["video_id"]))
     for branch in features.BRANCHES:
         ids, matrix = features.load_branch(run_dir, branch)

@@ -9,16 +9,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fake_features import small_config, write_fake_run
-from pipeline_records import mark_extracted, mark_prepared
+from pipeline_records import mark_extracted, mark_prepared, write_shard_of
 
 from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.data.prepare import run_prepare
 from ecmf_ray.data.synth import synthesize
-from ecmf_ray.extract.store import shards_dir
 from ecmf_ray.finalize.experiments import with_labels
+from ecmf_ray.job_table import JOBS, resolve_job
 from ecmf_ray.pipeline import enabled_steps, reason_to_run, run_pipeline, with_best_trial
 from ecmf_ray.train.distributed import experiment_fingerprint
+from tests.finished_run import copy_run, training_time_rows
 
 
 def mark_trained(cfg) -> None:
@@ -64,10 +65,7 @@ def test_done_and_current(fake_run):
     assert reason_to_run(cfg, "finalize") == "no final/submission.csv yet"
 
     # Features with a shard missing are unfinished, not current.
-    storage.write_table(
-        read_manifest(manifest_path(cfg.run_dir))[["video_id"]][:-1],
-        storage.join(shards_dir(cfg.run_dir), "all.parquet"),
-    )
+    write_shard_of(cfg, read_manifest(manifest_path(cfg.run_dir))["video_id"][:-1])
     assert reason_to_run(cfg, "extract") == "1 of 36 videos not extracted yet"
 
     cfg.pipeline.force = ["extrct"]
@@ -75,17 +73,22 @@ def test_done_and_current(fake_run):
         run_pipeline(cfg)
 
 
-def test_changed_hubert_layers_refuse_the_old_features(fake_run):
+def test_changed_hubert_layers_reextract_audio_alone_and_make_training_stale(fake_run):
     cfg = fake_run.copy()
     cfg.extract.hubert.layers = [1, 2]
-    assert "audio.layers" in reason_to_run(cfg, "extract")
-    with pytest.raises(ValueError, match=r"differs in: audio.*delete .*features"):
+    reason = reason_to_run(cfg, "extract")
+    assert "changed: audio.layers" in reason and "audio extracted again, text kept" in reason
+    # What the re-extraction leaves (tests/extract/test_pipeline.py runs it): the experiment trained on the
+    # old audio features is then not current, and the pipeline refuses to reuse it.
+    mark_extracted(cfg, read_manifest(manifest_path(cfg.run_dir)))
+    assert reason_to_run(cfg, "extract") is None
+    assert "changed: data" in reason_to_run(cfg, "train")
+    with pytest.raises(ValueError, match=r"changed: data.*set another train.experiment"):
         run_pipeline(cfg)
-    # Nothing downstream ran on the old features.
     assert not Path(cfg.run_dir, "final").exists()
 
 
-def test_enrich_turned_on_reruns_enrich_and_refuses_the_old_text_features(fake_run, capsys):
+def test_enrich_turned_on_reruns_enrich_and_makes_the_text_features_stale(fake_run):
     cfg = fake_run.copy()
     ids = read_manifest(manifest_path(cfg.run_dir))["video_id"]
     answers = Path(cfg.run_dir, "llm.csv")
@@ -94,11 +97,11 @@ def test_enrich_turned_on_reruns_enrich_and_refuses_the_old_text_features(fake_r
     )
     cfg.enrich.enabled, cfg.enrich.backend, cfg.enrich.path = True, "precomputed", str(answers)
     assert reason_to_run(cfg, "enrich") == "no enrich/enrichment.parquet yet"
-    with pytest.raises(ValueError, match=r"differs in: text.*delete .*features"):
-        run_pipeline(cfg)
-    assert "pipeline: running enrich: no enrich/enrichment.parquet yet" in capsys.readouterr().out
+    resolve_job(JOBS["enrich"][0])(cfg)
     assert reason_to_run(cfg, "enrich") is None
-    cfg.enrich.use_keywords = False  # the enriched text changes too: extract stays refused
+    reason = reason_to_run(cfg, "extract")
+    assert "changed: text.source" in reason and "text extracted again, audio kept" in reason
+    cfg.enrich.use_keywords = False  # the enriched text changes too
     assert "text.use_keywords" in reason_to_run(cfg, "extract")
 
 
@@ -151,33 +154,20 @@ def test_best_trial_feeds_finalize(tmp_path):
     assert (tuned.model.hidden, tuned.train.lr, tuned.train.experiment) == (64, 0.01, cfg.train.experiment)
 
 
-def test_pipeline_trains_the_base_config_once(ray_cluster, tmp_path):
-    cfg = small_config(
-        str(tmp_path),
-        "extract.branches=[audio,text]",
-        "model.branches=[audio,text]",
-        "train.folds=2",
-        "train.max_epochs=4",
-        "finalize.relabel.enabled=false",
-        "finalize.ensemble=[{name: ecmf}, {name: seed1, overrides: [seed=1]}]",
-        "finalize.ablation=[]",
-    )
-    manifest = write_fake_run(cfg.run_dir, n_train=48, n_test=6)
-    mark_prepared(cfg)
-    mark_extracted(cfg, manifest)
-    steps = run_pipeline(cfg)
-    assert [s for s, r in steps.items() if r == "complete"] == ["prepare", "extract"]
-    # finalize's ecmf member is the pipeline's own train/ecmf; only the seed1 member trained anew.
-    trained = sorted(p.name for p in Path(cfg.run_dir, "train").iterdir())
-    assert trained[0] == "ecmf" and len(trained) == 2 and trained[1].startswith("final-")
-    members = json.loads(Path(cfg.run_dir, "final", "ensemble.json").read_text())["members"]
-    assert [(m["name"], Path(m["experiment_dir"]).name) for m in members] == [
-        ("ecmf", "ecmf"),
-        ("seed1", trained[1]),
-    ]
+def test_pipeline_trains_the_base_config_once(finished_run, tmp_path):
+    """The session's finished pipeline run (tests/finished_run.py) trained the base config once, as
+    train/ecmf: finalize's Baseline row (the base config on the manifest's labels) is that run, found."""
+    trained = sorted(p.name for p in Path(finished_run.run_dir, "train").iterdir())
+    assert trained[0] == "ecmf" and all(name.startswith("final-") for name in trained[1:])
+    rows = training_time_rows(Path(finished_run.summary["report"]).read_text())
+    assert rows["Baseline", "ablation row"][2] == "`ecmf`"
+    assert sum(cells[2] == "`ecmf`" for cells in rows.values()) == 1
 
+    # On a copy: a rerun finds every step current; changed finalize inputs rerun finalize, training nothing.
+    run = copy_run(finished_run, tmp_path / "run")
+    cfg = run.config()
     assert run_pipeline(cfg) == dict.fromkeys(["prepare", "extract", "train", "finalize"], "complete")
-    cfg.finalize.ensemble = [{"name": "ecmf"}]  # finalize's inputs changed: it runs again, training nothing
+    cfg.finalize.ensemble, cfg.finalize.pseudo.enabled = [{"name": "ecmf"}], False
     assert "finalize.ensemble" in reason_to_run(cfg, "finalize")
-    assert run_pipeline(cfg)["finalize"]["members"] == {"ecmf": members[0]["cv_waf"]}
-    assert sorted(p.name for p in Path(cfg.run_dir, "train").iterdir()) == trained
+    assert run_pipeline(cfg)["finalize"]["members"].keys() == {"ecmf"}
+    assert sorted(p.name for p in Path(run.run_dir, "train").iterdir()) == trained
