@@ -71,21 +71,26 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Reply:
-    """The answer text of one request, or why there is none; ``attempts`` counts HTTP tries."""
+    """The answer text of one request, or why there is none; ``attempts`` counts HTTP tries.
+
+    ``truncated``: the model stopped at ``max_tokens`` (``finish_reason: length``), so the text is cut.
+    """
 
     content: str | None
     error: str | None
     attempts: int
+    truncated: bool = False
 
 
-def _content(body: Any) -> str:
+def _answer(body: Any, attempts: int) -> Reply:
     try:
-        content = body["choices"][0]["message"]["content"]
+        choice = body["choices"][0]
+        content = choice["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise ValueError(f"not a chat-completions response: {str(body)[:200]}") from None
     if not isinstance(content, str):
         raise ValueError(f"message content is not text: {content!r}"[:200])
-    return content
+    return Reply(content, None, attempts, truncated=choice.get("finish_reason") == "length")
 
 
 async def post_chat(
@@ -106,7 +111,7 @@ async def post_chat(
             ) as resp:
                 if resp.status == 200:
                     try:
-                        return Reply(_content(await resp.json(content_type=None)), None, attempt + 1)
+                        return _answer(await resp.json(content_type=None), attempt + 1)
                     except ValueError as err:  # a malformed body will not improve on retry
                         return Reply(None, str(err), attempt + 1)
                 error = f"HTTP {resp.status}: {(await resp.text())[:200]}"

@@ -18,7 +18,8 @@ ACTOR_NUM_CPUS = 0.25
 
 
 class ChatCompletions:
-    """Ray Data callable class: a batch of ``payload`` JSON strings in, ``content`` / ``error`` out.
+    """Ray Data callable class: a batch of ``payload`` JSON strings in, ``content`` / ``error`` /
+    ``truncated`` out.
 
     Every row comes back, with its answer or its error; a failing row never fails the batch.
     """
@@ -39,14 +40,16 @@ class ChatCompletions:
         payloads = [json.loads(batch["payload"].iloc[i]) for i in pending]
         replies = self._loop.run_until_complete(self._post(payloads)) if payloads else []
         content: list[str | None] = [None] * len(batch)
+        truncated = [False] * len(batch)
         for i, reply in zip(pending, replies, strict=True):
-            content[i], errors[i] = reply.content, reply.error
+            content[i], errors[i], truncated[i] = reply.content, reply.error, reply.truncated
         return pd.DataFrame(
             {
                 "video_id": batch["video_id"].to_numpy(),
                 "key": batch["key"].to_numpy(),
                 "content": pd.Series(content, dtype=object),
                 "error": pd.Series(errors, dtype=object),
+                "truncated": truncated,
             }
         )
 
@@ -58,7 +61,8 @@ def chat_url(base_url: str) -> str:
 
 
 def ask_endpoint(cfg_enrich: Any, requests: Any) -> Any:
-    """Requests Dataset (``video_id, key, payload``) -> replies Dataset (``video_id, key, content, error``)."""
+    """Requests Dataset (``video_id, key, payload``) -> replies Dataset
+    (``video_id, key, content, error, truncated``)."""
     policy = RetryPolicy(
         int(cfg_enrich.max_retries), float(cfg_enrich.backoff_s), float(cfg_enrich.backoff_max_s)
     )

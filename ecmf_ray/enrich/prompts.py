@@ -34,10 +34,13 @@ def chat_messages(prompts: Mapping[str, str], text: str, parts: bool = False) ->
     ]
 
 
-def chat_payload(cfg_enrich: Any, text: str, media: bool = False) -> dict[str, Any]:
+def chat_payload(
+    cfg_enrich: Any, text: str, media: bool = False, max_tokens: int | None = None
+) -> dict[str, Any]:
     """The chat-completions request body for one transcript (also the cache key's input).
 
     ``media``: the request of a source shown the clip (its ``media_prompts``, content parts).
+    ``max_tokens``: the answer's budget (default ``enrich.max_tokens``).
     """
     language = str(cfg_enrich.language)
     prompts = cfg_enrich.media_prompts if media else cfg_enrich.prompts
@@ -47,7 +50,7 @@ def chat_payload(cfg_enrich: Any, text: str, media: bool = False) -> dict[str, A
         "model": str(cfg_enrich.model),
         "messages": chat_messages(prompts[language], text, parts=media),
         "temperature": float(cfg_enrich.temperature),
-        "max_tokens": int(cfg_enrich.max_tokens),
+        "max_tokens": int(cfg_enrich.max_tokens if max_tokens is None else max_tokens),
     }
     if cfg_enrich.json_mode:
         payload["response_format"] = {"type": "json_object"}

@@ -8,7 +8,9 @@ import pyarrow as pa
 from ecmf_ray import storage
 
 # One row per (video_id, source). source: the configured source's name; origin: its backend and model
-# (or precomputed file); raw: the model's answer text, kept only when it failed validation.
+# (or precomputed file); raw: the model's answer text, kept only when it failed validation or was cut;
+# truncated: the answer stopped at its token budget even when asked again with enrich.max_tokens_retry,
+# so the fields are those it completed (null: no answer, or a precomputed row).
 SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),
@@ -19,6 +21,7 @@ SCHEMA = pa.schema(
         ("origin", pa.string()),
         ("error", pa.string()),
         ("raw", pa.string()),
+        ("truncated", pa.bool_()),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)

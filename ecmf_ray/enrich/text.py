@@ -1,17 +1,27 @@
 """Where enrichment is used: the text branch's input text, and LLM labels for the relabel vote.
 
-``enrich.text_template`` names fields as ``{label}`` (the first source, in ``enrich.sources`` order,
-that gives a label; with one source, simply its label) or ``{text_llm.label}`` (a named source's).
+``enrich.text_template`` lays out the text branch's input, in pieces between
+``enrich.template_separator``. A piece names fields as
+
+- ``{text_llm.label}``: a named source's field;
+- ``{*.label}``: every source's: the piece is repeated for each source (in ``enrich.sources`` order)
+  that gives the field, so the default template carries every configured source's fields;
+- ``{label}``: the field of the one source that gives it (an error when several do: name one).
+
+:func:`resolve_template` expands and checks the template once (an unknown source or field is an error
+naming the placeholder); :func:`build_enriched_text` renders one video's text with it, dropping each
+piece whose field is empty or switched off.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from ecmf_ray.enrich.prompts import PLACEHOLDER, fill
+from ecmf_ray.enrich.prompts import fill
 from ecmf_ray.enrich.sources import DEFAULT_NAME, FIELDS, Source, resolve_sources
 from ecmf_ray.enrich.table import read_enrichment
 
@@ -21,90 +31,100 @@ SWITCHES: dict[str, str] = {
     "keywords": "use_keywords",
     "description": "use_description",
 }
+EVERY = "*"
+# {text}, {field}, {source.field}, {*.field}; other braces are text.
+NAME = re.compile(r"\{(\*\.\w+|\w+(?:\.\w+)?)\}")
 
 
 def _clean(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).strip()
 
 
-def _field(name: str) -> str | None:
-    """The enrichment field a template name refers to (``label`` or ``src.label``), None for ``text``."""
-    field = name.rsplit(".", 1)[-1]
+def _named(name: str, sources: Sequence[Source]) -> str:
+    """``name`` as ``source.field`` (``text`` and ``*.field`` as they are); an error naming the placeholder
+    when no configured source gives that field, or when a plain field is ambiguous."""
+    known = ", ".join(f"{s.name} ({', '.join(s.fields)})" for s in sources)
+    where = f"enrich.text_template uses {{{name}}}"
     if name == "text":
-        return None
+        return name
+    source, _, field = name.rpartition(".")
     if field not in FIELDS:
+        raise ValueError(f"{where}: '{field}' is not a field; fields are {', '.join(FIELDS)}")
+    if source == EVERY:
+        return name
+    if source:
+        match = [s for s in sources if s.name == source]
+        if not match:
+            raise ValueError(f"{where}: no source is named '{source}'; the sources are {known}")
+        if field not in match[0].fields:
+            raise ValueError(f"{where}: source '{source}' does not give {field}; the sources are {known}")
+        return name
+    givers = [s.name for s in sources if field in s.fields]
+    if len(givers) != 1:
+        which = f"sources {', '.join(givers)} give it" if givers else "no source gives it"
         raise ValueError(
-            f"enrich.text_template uses {{{name}}}; known: text, {', '.join(FIELDS)} "
-            f"and <source>.<field> for a source in enrich.sources"
+            f"{where}, but {which}; name the source ({{<source>.{field}}}) or use {{{EVERY}.{field}}} for "
+            f"every source's; the sources are {known}"
         )
-    return field
+    return f"{givers[0]}.{field}"
 
 
-def build_enriched_text(text: str, values: Mapping[str, Any] | None, cfg_enrich: Any) -> str:
-    """The transcript with the enabled enrichment fields, laid out by ``enrich.text_template``.
+def resolve_template(cfg_enrich: Any, sources: Sequence[Source]) -> str:
+    """``enrich.text_template`` for these sources: ``{*.field}`` pieces repeated per source that gives the
+    field, plain ``{field}`` named by its source. Raises naming a placeholder no source can fill."""
+    sep = str(cfg_enrich.template_separator)
+    pieces = []
+    for piece in str(cfg_enrich.text_template).split(sep):
+        names = {name: _named(name, sources) for name in NAME.findall(piece)}
+        every = [name.partition(".")[2] for name in names if name.startswith(f"{EVERY}.")]
+        copies = [s.name for s in sources if all(f in s.fields for f in every)] if every else [None]
+        for source in copies:
+            renamed = {n: named.replace(f"{EVERY}.", f"{source}.") for n, named in names.items()}
+            pieces.append(NAME.sub(lambda m, r=renamed: "{" + r[m.group(1)] + "}", piece))
+    return sep.join(pieces)
 
-    ``values``: template name -> value (``label``, ``text_llm.label``, ...; an enrichment row works for
-    one source). The template is cut at ``enrich.template_separator``; a piece is dropped when a field
-    it uses is switched off or empty, so "情绪:{label}" vanishes whole rather than leaving "情绪:".
+
+def build_enriched_text(
+    text: str | None, values: Mapping[str, Any] | None, cfg_enrich: Any, template: str | None = None
+) -> str:
+    """The transcript with the enabled enrichment fields, laid out by the resolved template.
+
+    ``values``: ``source.field`` -> value for one video. ``template``: :func:`resolve_template`'s result
+    (resolved from ``cfg_enrich`` when not given). The template is cut at ``enrich.template_separator``;
+    a piece is dropped when a field it uses is switched off or empty, so "情绪:{text_llm.label}" vanishes
+    whole rather than leaving "情绪:".
     """
+    if template is None:
+        template = resolve_template(cfg_enrich, resolve_sources(cfg_enrich))
     values = values or {}
+    on = {field: bool(cfg_enrich[switch]) for field, switch in SWITCHES.items()}
     sep = str(cfg_enrich.template_separator)
     kept = []
-    for piece in str(cfg_enrich.text_template).split(sep):
+    for piece in template.split(sep):
         filled = {}
-        for name in PLACEHOLDER.findall(piece):
-            field = _field(name)
-            if field is None:
-                filled[name] = _clean(text)
-            else:
-                filled[name] = _clean(values.get(name)) if cfg_enrich[SWITCHES[field]] else ""
+        for name in NAME.findall(piece):
+            field = name.rpartition(".")[2]
+            filled[name] = _clean(text) if name == "text" else _clean(values.get(name)) if on[field] else ""
         if all(filled.values()):
             kept.append(fill(piece, filled))
     return sep.join(kept)
-
-
-def template_names(sources: Sequence[Source]) -> dict[str, tuple[str, str]]:
-    """Every name the template may use -> (source, field): ``src.field`` and, for the first source giving
-    each field, the plain ``field``."""
-    names: dict[str, tuple[str, str]] = {}
-    for source in sources:
-        for field in source.fields:
-            names[f"{source.name}.{field}"] = (source.name, field)
-            names.setdefault(field, (source.name, field))
-    return names
-
-
-def check_template(cfg_enrich: Any, sources: Sequence[Source]) -> None:
-    """Refuse a template naming a source that is not configured, or a field that source does not give.
-
-    A plain ``{field}`` no source gives is only empty (its piece is dropped), so the default template
-    works with any sources.
-    """
-    known = template_names(sources)
-    for name in PLACEHOLDER.findall(str(cfg_enrich.text_template)):
-        if _field(name) is not None and "." in name and name not in known:
-            raise ValueError(
-                f"enrich.text_template uses {{{name}}}, which no source gives; known: {', '.join(sorted(known))}"
-            )
 
 
 def text_label_sources(cfg_enrich: Any) -> set[str]:
     """The sources whose label the text branch encodes (so a vote of theirs would count twice)."""
     if not cfg_enrich.enabled or not cfg_enrich.use_label:
         return set()
-    known = template_names(resolve_sources(cfg_enrich))
-    used = [known[n] for n in PLACEHOLDER.findall(str(cfg_enrich.text_template)) if n in known]
-    return {source for source, field in used if field == "label"}
+    template = resolve_template(cfg_enrich, resolve_sources(cfg_enrich))
+    return {name.partition(".")[0] for name in NAME.findall(template) if name.endswith(".label")}
 
 
 def template_values(table: pd.DataFrame, sources: Sequence[Source]) -> dict[str, dict[str, Any]]:
-    """video_id -> {template name: value} from the enrichment table.
+    """video_id -> {``source.field``: value} from the enrichment table.
 
     Without ``enrich.sources`` (the one source ``llm``) every row is that source's, so a table written
     before sources had names works too; otherwise rows are matched by ``source``, and a configured
     source missing from the table is an error (the table is older than the config).
     """
-    names = template_names(sources)
     if len(sources) == 1 and sources[0].name == DEFAULT_NAME:
         repeated = table["video_id"][table["video_id"].duplicated()]
         if len(repeated):
@@ -121,10 +141,11 @@ def template_values(table: pd.DataFrame, sources: Sequence[Source]) -> dict[str,
                 f"the enrichment table has no rows from source(s) {missing}; rerun `ecmf enrich`"
             )
     values: dict[str, dict[str, Any]] = {}
-    for name, (source, field) in names.items():
-        rows = by_source[source]
-        for video_id, value in zip(rows["video_id"], rows[field], strict=True):
-            values.setdefault(video_id, {})[name] = value
+    for source in sources:
+        rows = by_source[source.name]
+        for field in source.fields:
+            for video_id, value in zip(rows["video_id"], rows[field], strict=True):
+                values.setdefault(video_id, {})[f"{source.name}.{field}"] = value
     return values
 
 
@@ -138,9 +159,9 @@ def enriched_texts(cfg: Any, manifest_df: pd.DataFrame) -> pd.Series:
     if not cfg.enrich.enabled:
         return texts.fillna("").astype(str).rename("text")
     sources = resolve_sources(cfg.enrich)
-    check_template(cfg.enrich, sources)
+    template = resolve_template(cfg.enrich, sources)
     values = template_values(read_enrichment(cfg.run_dir), sources)
-    enriched = [build_enriched_text(t, values.get(v), cfg.enrich) for v, t in texts.items()]
+    enriched = [build_enriched_text(t, values.get(v), cfg.enrich, template) for v, t in texts.items()]
     return pd.Series(enriched, index=texts.index, name="text", dtype=object)
 
 

@@ -20,18 +20,23 @@ def _plain(node: Any) -> dict:
 
 def _to_replies(batch: pd.DataFrame) -> pd.DataFrame:
     failed = batch["__inference_error__"].fillna("").astype(str)
+    # ray.data.llm gives no finish_reason: an answer that used its whole budget was cut there.
+    budget = batch["payload"].map(lambda p: json.loads(p)["max_tokens"])
+    generated = pd.to_numeric(batch["num_generated_tokens"], errors="coerce")
     return pd.DataFrame(
         {
             "video_id": batch["video_id"],
             "key": batch["key"],
             "content": batch["generated_text"].where(failed.eq(""), None),
             "error": failed.where(failed.ne(""), None),
+            "truncated": failed.eq("") & generated.ge(budget),
         }
     )
 
 
 def ask_engine(cfg_enrich: Any, requests: Any) -> Any:
-    """Requests Dataset (``video_id, key, payload``) -> replies Dataset (``video_id, key, content, error``)."""
+    """Requests Dataset (``video_id, key, payload``) -> replies Dataset
+    (``video_id, key, content, error, truncated``); each request's ``max_tokens`` is its payload's."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     engine = cfg_enrich.vllm
@@ -45,18 +50,23 @@ def ask_engine(cfg_enrich: Any, requests: Any) -> Any:
         # A failed row gets __inference_error__ instead of failing the dataset.
         should_continue_on_error=True,
     )
-    sampling = {"temperature": float(cfg_enrich.temperature), "max_tokens": int(cfg_enrich.max_tokens)}
+    temperature = float(cfg_enrich.temperature)
+
+    def preprocess(row: dict) -> dict:
+        payload = json.loads(row["payload"])
+        sampling = {"temperature": temperature, "max_tokens": int(payload["max_tokens"])}
+        return {"messages": payload["messages"], "sampling_params": sampling}
+
     processor = build_processor(
         config,
-        preprocess=lambda row: {
-            "messages": json.loads(row["payload"])["messages"],
-            "sampling_params": sampling,
-        },
+        preprocess=preprocess,
         # Identity: error rows skip postprocess and keep every column, so success rows must too.
         postprocess=lambda row: row,
     )
     return (
         processor(requests)
-        .select_columns(["video_id", "key", "generated_text", "__inference_error__"])
+        .select_columns(
+            ["video_id", "key", "payload", "generated_text", "num_generated_tokens", "__inference_error__"]
+        )  # fmt: skip
         .map_batches(_to_replies, batch_format="pandas")
     )

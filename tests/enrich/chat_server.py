@@ -29,6 +29,9 @@ def _answer(label: str, keywords: list[str], description: str) -> str:
     return json.dumps({"label": label, "keywords": keywords, "description": description}, ensure_ascii=False)
 
 
+# Answers longer than the request's max_tokens (counted here in characters) are cut there, with
+# finish_reason "length", as a model stops at its token budget.
+LONG_DESCRIPTION = "说话人先沉默，然后提高音量，语速越来越快。" * 20  # 400 characters
 # Each transcript carries a marker that picks the server's behaviour for it.
 ANSWERS = {
     "VALID": _answer("happy", ["开心", "笑"], "说话人语气轻快"),
@@ -38,13 +41,16 @@ ANSWERS = {
     "RATE": _answer("worried", ["担心"], "语气犹豫"),  # a 429 first
     "BUSY": _answer("neutral", [], "平静"),  # a 503 first
     "SLOW": _answer("surprise", ["惊讶"], "突然提高音量"),  # slower than the client's timeout while slow
+    "TEXTLONG": _answer("angry", ["生气", "吵架"], LONG_DESCRIPTION),  # cut at 256 characters, whole at 1024
 }
 
 
 # Markers that change only what the audio-visual source (a request with content parts) gets; its text-only
 # requests for the same clip are answered as VALID.
 AV_ANSWER = _answer("happy", [], "画面中的人在笑，声音轻快")
-AV_MARKERS = ("AVLIMIT", "AVDOWN", "AVBADJSON")  # a 429 first | a 429 always | malformed JSON
+AV_LONG_ANSWER = _answer("worried", ["皱眉", "叹气"], LONG_DESCRIPTION * 3)  # cut even at 1024 characters
+# a 429 first | a 429 always | malformed JSON | longer than any budget
+AV_MARKERS = ("AVLIMIT", "AVDOWN", "AVBADJSON", "AVLONG")
 
 
 class BadRequest(ValueError):
@@ -88,10 +94,12 @@ def check_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ChatServer:
-    """POST /v1/chat/completions in a background thread; counts requests per marker.
+    """POST /v1/chat/completions in a background thread; counts requests per marker and records each
+    request's ``max_tokens`` in ``budgets``.
 
     A request whose user content is a list of parts is the audio-visual source's: its parts are checked
-    (:func:`check_parts`), counted under ``av:<marker>`` and recorded in ``media``.
+    (:func:`check_parts`), counted under ``av:<marker>`` and recorded in ``media``. A text request looks
+    for the text markers first, an audio-visual one for the AV markers.
     """
 
     def __init__(self, key: str, delay_s: float = 3.0) -> None:
@@ -99,6 +107,7 @@ class ChatServer:
         self.delay_s = delay_s
         self.slow = True
         self.requests: Counter[str] = Counter()
+        self.budgets: dict[str, list[int]] = {}
         self.media: dict[str, list[dict[str, Any]]] = {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -117,9 +126,11 @@ class ChatServer:
             except BadRequest as err:
                 return web.json_response({"error": str(err)}, status=400)
             content = seen["text"]
-        marker = next((m for m in (*AV_MARKERS, *ANSWERS) if m in content), "VALID")
+        markers = (*AV_MARKERS, *ANSWERS) if seen else (*ANSWERS, *AV_MARKERS)
+        marker = next((m for m in markers if m in content), "VALID")
         counter = f"av:{marker}" if seen else marker
         self.requests[counter] += 1
+        self.budgets.setdefault(counter, []).append(body.get("max_tokens"))
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return web.json_response({"error": "bad key"}, status=401)
         first = self.requests[counter] == 1
@@ -127,7 +138,7 @@ class ChatServer:
             self.media.setdefault(marker, []).append(seen)
             if marker == "AVLIMIT" and first or marker == "AVDOWN":
                 return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "0"})
-            answer = ANSWERS["MALFORMED"] if marker == "AVBADJSON" else AV_ANSWER
+            answer = {"AVBADJSON": ANSWERS["MALFORMED"], "AVLONG": AV_LONG_ANSWER}.get(marker, AV_ANSWER)
         else:
             if marker == "RATE" and first:
                 return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "0"})
@@ -136,8 +147,10 @@ class ChatServer:
             if marker == "SLOW" and self.slow:
                 await asyncio.sleep(self.delay_s)
             answer = ANSWERS.get(marker, ANSWERS["VALID"])
-        message = {"role": "assistant", "content": answer}
-        return web.json_response({"choices": [{"index": 0, "message": message}]})
+        budget = body.get("max_tokens") or len(answer)
+        finish = "length" if len(answer) > budget else "stop"
+        message = {"role": "assistant", "content": answer[:budget]}
+        return web.json_response({"choices": [{"index": 0, "message": message, "finish_reason": finish}]})
 
     async def _start(self) -> None:
         app = web.Application()
@@ -174,21 +187,21 @@ def write_run(run_dir: str, texts: dict[str, str], paths: dict[str, str] | None 
     write_manifest(rows, manifest_path(run_dir))
 
 
-def http_config(run_dir: str, base_url: str, *extra: str):
+def http_overrides(base_url: str) -> list[str]:
     """The openai backend against the test server: short timeouts and backoff so tests stay fast."""
-    return load_config(
-        [],
-        [
-            f"run_dir={run_dir}",
-            "enrich.backend=openai",
-            "enrich.model=test-model",
-            f"enrich.base_url={base_url}",
-            f"enrich.api_key_env={KEY_ENV}",
-            "enrich.timeout_s=0.5",
-            "enrich.max_retries=1",
-            "enrich.backoff_s=0.01",
-            "enrich.batch_size=3",
-            "enrich.concurrency=4",
-            *extra,
-        ],
-    )
+    return [
+        "enrich.backend=openai",
+        "enrich.model=test-model",
+        f"enrich.base_url={base_url}",
+        f"enrich.api_key_env={KEY_ENV}",
+        "enrich.timeout_s=0.5",
+        "enrich.max_retries=1",
+        "enrich.backoff_s=0.01",
+        "enrich.batch_size=3",
+        "enrich.concurrency=4",
+    ]
+
+
+def http_config(run_dir: str, base_url: str, *extra: str):
+    """The base config with :func:`http_overrides` and ``extra``."""
+    return load_config([], [f"run_dir={run_dir}", *http_overrides(base_url), *extra])

@@ -147,3 +147,55 @@ def test_config_errors_name_the_source(tmp_path) -> None:
         and default.fields == ("label", "keywords", "description")
     )
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("profile", ["workstation", "cluster"])
+def test_profiles_carry_the_papers_two_sources_ready_for_one_endpoint(profile: str) -> None:
+    from ecmf_ray.config import load_config
+    from ecmf_ray.enrich.job import check_source
+    from ecmf_ray.enrich.sources import resolve_sources
+    from ecmf_ray.enrich.text import resolve_template
+
+    required = ["run_dir=s3://b/run", "dataset.root=s3://b/mer2025"] if profile == "cluster" else []
+    off = load_config([profile], required)
+    assert not off.enrich.enabled
+    text_llm, av_llm = resolve_sources(off.enrich)
+    assert (text_llm.name, text_llm.media, text_llm.fields) == ("text_llm", (), ("label", "keywords"))
+    assert (av_llm.name, av_llm.media, av_llm.fields) == (
+        "av_llm",
+        ("frames", "audio"),
+        ("label", "keywords", "description"),
+    )
+    check_source(text_llm)
+    with pytest.raises(ValueError, match="source 'av_llm': enrich.base_url is not set"):
+        check_source(av_llm)
+
+    on = load_config([profile], [*required, "enrich.enabled=true", "enrich.base_url=http://llm-head:8000/v1"])
+    sources = resolve_sources(on.enrich)
+    for source in sources:
+        check_source(source)
+    assert [s.cfg.base_url for s in sources] == ["https://api.openai.com/v1", "http://llm-head:8000/v1"]
+    assert [s.cfg.api_key_env for s in sources] == ["OPENAI_API_KEY", None]
+    template = resolve_template(on.enrich, sources)
+    for name in (
+        "text_llm.label",
+        "text_llm.keywords",
+        "av_llm.label",
+        "av_llm.keywords",
+        "av_llm.description",
+    ):
+        assert f"{{{name}}}" in template
+
+
+def test_a_retry_budget_no_larger_than_max_tokens_is_refused() -> None:
+    from ecmf_ray.config import load_config
+    from ecmf_ray.enrich.job import check_source
+    from ecmf_ray.enrich.sources import resolve_sources
+
+    (source,) = resolve_sources(
+        load_config([], ["enrich.max_tokens=512", "enrich.max_tokens_retry=512"]).enrich
+    )
+    with pytest.raises(
+        ValueError, match=r"max_tokens_retry \(512\) must be larger than enrich.max_tokens \(512\)"
+    ):
+        check_source(source)

@@ -60,3 +60,13 @@ def test_key_comes_from_the_named_variable_and_never_shows(monkeypatch: pytest.M
     secret = api_key(KEY_ENV)
     assert secret.reveal() == API_KEY
     assert API_KEY not in repr(secret) + str(secret) + f"{secret}"
+
+
+def test_an_answer_cut_at_max_tokens_says_so() -> None:
+    url_payload = [{**_payload(t), "max_tokens": 256} for t in ("TEXTLONG", "VALID")]
+    with ChatServer(API_KEY) as server:
+        cut, whole = asyncio.run(
+            post_many(f"{server.base_url}/chat/completions", url_payload, Secret(API_KEY), 0.5, FAST, 4)
+        )
+    assert cut.truncated and len(cut.content) == 256 and cut.error is None
+    assert not whole.truncated and whole.content.endswith("}")

@@ -125,13 +125,14 @@ def test_llm_voters_default_to_the_audio_visual_sources(tmp_path, caplog):
 
     assert llm_voters(cfg) == ["av_llm"]
     assert llm_voters(small_config(run_dir, TWO_SOURCES, "finalize.relabel.llm_sources=[]")) == []
-    # The text LLM's label is in the text features: it may vote, but the log says it counts twice.
+    # Both labels are in the text features (the default template has every source's): they may vote, but
+    # the log says they count twice.
     with caplog.at_level(logging.WARNING):
         both = small_config(
             run_dir, "enrich.enabled=true", TWO_SOURCES, "finalize.relabel.llm_sources=[text_llm,av_llm]"
         )
         assert llm_voters(both) == ["text_llm", "av_llm"]
-    assert "['text_llm']" in caplog.text and "counts twice" in caplog.text
+    assert "['av_llm', 'text_llm']" in caplog.text and "counts twice" in caplog.text
     with pytest.raises(ValueError, match="'gpt' is not an enrich source"):
         llm_voters(small_config(run_dir, TWO_SOURCES, "finalize.relabel.llm_sources=[gpt]"))
     no_label = TWO_SOURCES.replace("fields: [label, keywords]", "fields: [keywords]")
