@@ -10,13 +10,16 @@ optional ``predict.subtitles`` CSV):
    face settings); an interrupted run resumes, like ``ecmf extract``;
 3. runs every fold model of every ensemble member that ``RUN/final/ensemble.json`` lists (its
    standardiser first), averages each member's probabilities over its folds, and takes the members'
-   majority vote (:func:`ecmf_ray.finalize.vote.ensemble_vote`, ties by the mean probability);
-4. writes ``predict.output`` (default ``RUN/predict/predictions.csv``): ``name, discrete, prob_<class>…,
-   error``, one row per input clip, in input order.
+   majority vote (:func:`ecmf_ray.finalize.vote.ensemble_vote`, ties by the mean probability), exactly as
+   finalize votes on the run's own test videos;
+4. writes ``predict.output`` (default ``RUN/predict/<name>/predictions.csv``, so each input keeps its
+   own): ``name, discrete, prob_<class>…, error``, one row per input clip, in input order.
 
 A clip missing some branches is predicted from the rest (the presence mask, as in training). A clip with
-no usable branch (every extraction failed, or the input row itself was bad) gets an error row: empty
-``discrete`` and probabilities, and ``error`` saying why; it is never guessed.
+no usable branch (every extraction failed) is labelled as finalize labels it in the submission, which must
+name a class for every test clip: every model sees each branch at its training mean (a blank input), and
+``error`` says that the clip had no usable features. An input row that names no readable clip (a missing
+video file) gets no class: empty ``discrete`` and probabilities, and ``error`` saying why.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ecmf_ray.data.mer2025 import import_manifest, list_videos, read_csv_text
 from ecmf_ray.features import branch_dir, errors_path, load_branch
 from ecmf_ray.finalize.experiments import with_overrides
 from ecmf_ray.finalize.job import ensemble_path
-from ecmf_ray.finalize.vote import MISSING, ensemble_vote
+from ecmf_ray.finalize.vote import ensemble_vote
 from ecmf_ray.freshness import changed_keys, read_record
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.train.data import align_branch
@@ -117,7 +120,7 @@ def input_name(cfg: DictConfig) -> str:
 
 def check_feature_spec(cfg: DictConfig, run_dir: str) -> None:
     """Refuse unless the current config extracts features exactly as the run's own were extracted."""
-    from ecmf_ray.extract.store import feature_spec, spec_path
+    from ecmf_ray.extract.spec import feature_spec, spec_path
 
     recorded = read_record(spec_path(run_dir))
     if recorded is None:
@@ -129,7 +132,7 @@ def check_feature_spec(cfg: DictConfig, run_dir: str) -> None:
             f"{', '.join(changed)}); predict with the config the run was made with "
             f"({storage.join(run_dir, 'config', 'extract.yaml')})"
         )
-    if recorded["text"].get("source") == "enriched":
+    if recorded.get("text", {}).get("source") == "enriched":
         raise ValueError(
             f"{run_dir}'s text features encode LLM-enriched text, which `ecmf predict` cannot make for new "
             "clips yet; use a run trained with enrich.enabled=false"
@@ -204,7 +207,7 @@ def branch_matrix(branch: tuple[np.ndarray, np.ndarray], dim: int) -> np.ndarray
 @torch.no_grad()
 def member_probabilities(exp_dir: str, inputs: ClipFeatures) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, classes), usable (N,))``: the mean over the member's fold models, and which
-    clips have at least one of its branches (the others are NaN)."""
+    clips have at least one of its branches (the others are predicted from a blank input, as in training)."""
     total: np.ndarray | None = None
     usable = None
     checkpoints = fold_checkpoints(exp_dir)
@@ -222,36 +225,33 @@ def member_probabilities(exp_dir: str, inputs: ClipFeatures) -> tuple[np.ndarray
         probs = torch.softmax(model(features, torch.from_numpy(present)), dim=1).numpy().astype(np.float64)
         total = probs if total is None else total + probs
     assert total is not None and usable is not None
-    mean = total / len(checkpoints)
-    mean[~usable] = np.nan
-    return mean, usable
+    return total / len(checkpoints), usable
 
 
-def vote_members(probabilities: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(class index, mean probabilities)`` per clip from ``(members, N, classes)`` probabilities.
-
-    A member that cannot see a clip (none of its branches present) abstains on it; a clip no member can
-    see gets class ``MISSING``.
-    """
-    votes = np.where(usable.T, np.nan_to_num(probabilities, nan=0.0).argmax(axis=2).T, MISSING)
-    mean = np.full(probabilities.shape[1:], np.nan)
-    any_usable = usable.any(axis=0)
-    mean[any_usable] = np.nanmean(probabilities[:, any_usable], axis=0)
-    voted = ensemble_vote(votes, np.nan_to_num(probabilities, nan=0.0))
-    return np.where(any_usable, voted, MISSING), mean
+def vote_members(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(class index, mean probabilities)`` per clip from ``(members, N, classes)`` probabilities: the
+    members' majority vote, ties by the mean probability, as :func:`ecmf_ray.finalize.ensemble.vote`."""
+    return ensemble_vote(probabilities.argmax(axis=2).T, probabilities), probabilities.mean(axis=0)
 
 
 def predictions_table(
-    ids: list[str], classes: np.ndarray, probabilities: np.ndarray, errors: pd.Series, rejected: pd.DataFrame
+    ids: list[str],
+    classes: np.ndarray,
+    probabilities: np.ndarray,
+    unusable: pd.Series,
+    rejected: pd.DataFrame,
 ) -> pd.DataFrame:
-    """One row per clip: ``name, discrete, prob_<class>…, error`` (error rows have no class)."""
+    """One row per clip: ``name, discrete, prob_<class>…, error``.
+
+    ``unusable``: name -> why, for the clips no member had a branch of (labelled all the same);
+    ``rejected``: ``name, error`` for the input rows that name no clip (no class).
+    """
     names = np.array(EMOTIONS, dtype=object)
-    ok = classes != MISSING
     table = pd.DataFrame(probabilities, columns=PROB_COLUMNS)
     table.insert(0, "name", ids)
-    table.insert(1, "discrete", np.where(ok, names[np.maximum(classes, 0)], None))
-    message = pd.Series(ids).map(errors).fillna("no features extracted")
-    table["error"] = np.where(ok, None, "no usable features: " + message.astype(str))
+    table.insert(1, "discrete", names[classes])
+    why = pd.Series(ids).map(unusable)
+    table["error"] = np.where(why.notna(), "no usable features: " + why.astype(str), None)
     return pd.concat([table, rejected.reindex(columns=OUTPUT_COLUMNS)], ignore_index=True)[OUTPUT_COLUMNS]
 
 
@@ -261,23 +261,33 @@ def run_predict(cfg: DictConfig) -> dict:
     Needs a Ray session (:func:`ecmf_ray.runtime.init_ray`) for the extraction.
     """
     run_dir = storage.resolve(cfg.run_dir, os.getcwd())
-    output = str(cfg.predict.output)  # before run_dir changes below (it may interpolate ${run_dir})
+    given = cfg.predict.output  # before run_dir changes below (it may interpolate ${run_dir})
     cfg = with_overrides(cfg, [f"run_dir={run_dir}"], "predict")
     members = read_members(run_dir)
     check_feature_spec(cfg, run_dir)
     manifest, rejected = read_new_clips(cfg)
     folder = predict_dir(run_dir, input_name(cfg))
+    output = str(given) if given else storage.join(folder, "predictions.csv")
     ids = pd.Index(manifest["video_id"].astype(str))
+    classes, mean, unusable = np.zeros(0, np.int64), np.zeros((0, len(EMOTIONS))), pd.Series(dtype=object)
     if len(manifest):
         extract_features(cfg, folder, manifest)
         inputs = ClipFeatures(folder, ids)
         per_member = [member_probabilities(m.experiment_dir, inputs) for m in members]
-        probabilities = np.stack([p for p, _ in per_member])
-        classes, mean = vote_members(probabilities, np.stack([u for _, u in per_member]))
-    else:
-        classes, mean = np.zeros(0, np.int64), np.zeros((0, len(EMOTIONS)))
-    table = predictions_table(list(ids), classes, mean, failure_messages(folder), rejected)
+        classes, mean = vote_members(np.stack([p for p, _ in per_member]))
+        blank = ~np.stack([u for _, u in per_member]).any(axis=0)
+        unusable = failure_messages(folder).reindex(ids[blank]).fillna("no features extracted")
+    table = predictions_table(list(ids), classes, mean, unusable, rejected)
     storage.write_csv(table, output)
     errored = int(table["discrete"].isna().sum())
-    print(f"predict: {len(table) - errored} clips labelled, {errored} with errors -> {output}")
-    return {"output": output, "clips": len(table), "errors": errored, "members": [m.name for m in members]}
+    print(
+        f"predict: {len(table) - errored} clips labelled ({len(unusable)} of them with no usable features, "
+        f"from a blank input), {errored} input rows with errors -> {output}"
+    )
+    return {
+        "output": output,
+        "clips": len(table),
+        "errors": errored,
+        "unusable": len(unusable),
+        "members": [m.name for m in members],
+    }

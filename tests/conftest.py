@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 
 import pytest
 
@@ -20,9 +21,45 @@ with open(os.path.join(_TOKEN_DIR, "auth_token"), "w") as _f:
     _f.write(secrets.token_hex(32))
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
+# Every process the tests start (Ray's included) gets a HOME of its own under a temp dir, so caches that
+# default to ~ (storage.model_cache's tiny models, matplotlib's) stay out of the real one;
+# `_real_home_unchanged` checks that nothing wrote there by any other path.
+_REAL_HOME = os.path.expanduser("~")
+_TEST_HOME = tempfile.mkdtemp(prefix="ecmf-tests-home-")
+atexit.register(shutil.rmtree, _TEST_HOME, True)
+os.environ["HOME"] = _TEST_HOME
 # Tests build tiny models locally; nothing may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _changed_since(folder: str, since_ns: int) -> list[str]:
+    """Everything under ``folder`` (itself included) whose inode changed since ``since_ns``: written,
+    created, renamed, or (through its folder's change) deleted. One stat per entry, no reads."""
+    changed, todo = [], [folder]
+    while todo:
+        path = todo.pop()
+        try:
+            if os.lstat(path).st_ctime_ns >= since_ns:
+                changed.append(path)
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(entry.path)
+                    elif entry.stat(follow_symlinks=False).st_ctime_ns >= since_ns:
+                        changed.append(entry.path)
+        except FileNotFoundError:  # deleted while walking: its folder's change is reported
+            continue
+    return changed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _real_home_unchanged():
+    """Fails the run if any test wrote under the real ~ (HOME moves to a temp dir above)."""
+    started = time.time_ns()
+    yield
+    changed = _changed_since(_REAL_HOME, started)
+    assert not changed, f"tests wrote under {_REAL_HOME}: {sorted(changed)[:20]}"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +72,14 @@ def ray_cluster():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def finished_run(ray_cluster, tmp_path_factory):
+    """One finished pipeline run for the tests that only read it, built once (tests/finished_run.py)."""
+    from tests.finished_run import build_finished_run
+
+    return build_finished_run(tmp_path_factory.mktemp("finished_run"))
 
 
 @pytest.fixture(scope="session")

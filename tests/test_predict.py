@@ -1,8 +1,8 @@
-"""`ecmf predict` end to end: a small real pipeline on synthetic clips, then held-out clips scored against truth."""
+"""`ecmf predict` end to end on the session's finished run (tests/finished_run.py): held-out clips scored
+against truth, and the run's own test clips, which must get the submission's labels and probabilities."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,54 +10,24 @@ import pandas as pd
 import pytest
 
 from ecmf_ray.cli import main
-from ecmf_ray.config import load_config
-from ecmf_ray.data.synth import synthesize, write_broken_videos
-from ecmf_ray.finalize.vote import MISSING
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.predict import predictions_table, run_predict, vote_members
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
-CLIPS = {"duration_s": 2.0, "width": 160, "height": 120, "hide_prob": 0.0}
-
 
 @pytest.fixture(scope="module")
-def run(ray_cluster, tmp_path_factory) -> dict[str, str]:
-    """A finished pipeline run (tiny models, one ensemble member), and held-out clips with their truth."""
-    base = tmp_path_factory.mktemp("predict")
-    synthesize(str(base / "mer"), 36, seed=0, **CLIPS)
-    held = base / "held_out"
-    synthesize(str(held), 12, seed=9, **CLIPS)
-    write_broken_videos(str(held / "video"))  # no subtitle rows: their text is empty too
-    args = [
-        "--config", "local",
-        f"run_dir={base / 'run'}",
-        f"storage.model_cache={base / 'models'}",
-        "dataset.format=mer2025",
-        f"dataset.root={base / 'mer'}",
-        "extract.frames.num=4",
-        "train.max_epochs=40",
-        "finalize.relabel.enabled=false",
-        "finalize.ensemble=[{name: ecmf}]",
-        "finalize.ablation=[]",
-    ]  # fmt: skip
-    assert main(["pipeline", *args]) == 0
-    return {"run_dir": str(base / "run"), "held": str(held), "args": args}
-
-
-def test_predictions_on_held_out_clips(run):
-    held = Path(run["held"])
-    assert (
-        main(
-            [
-                "predict",
-                *run["args"],
-                f"predict.videos={held / 'video'}",
-                f"predict.subtitles={held / 'subtitle_chieng.csv'}",
-            ]
-        )
-        == 0
+def held_out(finished_run) -> pd.DataFrame:
+    """`ecmf predict` on the held-out clips folder, with the default output."""
+    held = Path(finished_run.held)
+    args = [f"predict.videos={held / 'video'}", f"predict.subtitles={held / 'subtitle_chieng.csv'}"]
+    assert main(["predict", *finished_run.args, *args]) == 0
+    return pd.read_csv(
+        Path(finished_run.run_dir, "predict", "video", "predictions.csv"), keep_default_na=False
     )
-    out = pd.read_csv(Path(run["run_dir"], "predict", "predictions.csv"), keep_default_na=False)
+
+
+def test_predictions_on_held_out_clips(finished_run, held_out):
+    out, held = held_out, Path(finished_run.held)
     assert list(out.columns) == ["name", "discrete", *PROB_COLUMNS, "error"]
     assert sorted(out["name"]) == sorted(p.stem for p in (held / "video").iterdir())
 
@@ -66,14 +36,15 @@ def test_predictions_on_held_out_clips(run):
     assert (scored["error"] == "").all()
     accuracy = float((scored["discrete"] == truth[scored.index]).mean())
     assert accuracy >= 0.6, accuracy  # chance is 1/6
-    probs = scored[PROB_COLUMNS].to_numpy(dtype=float)
+    probs = out[PROB_COLUMNS].to_numpy(dtype=float)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    assert (np.array(EMOTIONS)[probs.argmax(axis=1)] == scored["discrete"]).all()
+    assert (np.array(EMOTIONS)[probs.argmax(axis=1)] == out["discrete"]).all()
 
     broken = out.set_index("name")
-    # No readable video and no text: every branch failed, so no guess.
+    # No readable video and no text: no usable branch. Labelled as the submission labels such a clip
+    # (from a blank input), and flagged.
     for name in ("broken_empty", "broken_text"):
-        assert broken.loc[name, "discrete"] == "" and broken.loc[name, "prob_happy"] == ""
+        assert broken.loc[name, "discrete"] in EMOTIONS
         error = broken.loc[name, "error"]
         assert error.startswith("no usable features: frame: ") and error.endswith("text: roberta EmptyText")
     # Frames but no audio and no text: predicted from the frames (the presence mask, as in training).
@@ -82,57 +53,75 @@ def test_predictions_on_held_out_clips(run):
     )
 
 
-def test_pipeline_trained_the_base_config_once(run):
-    # finalize's only member is the pipeline's own train/ecmf: it was reused, not trained again.
-    assert sorted(p.name for p in Path(run["run_dir"], "train").iterdir()) == ["ecmf"]
-    members = json.loads(Path(run["run_dir"], "final", "ensemble.json").read_text())["members"]
-    assert [(m["name"], Path(m["experiment_dir"]).name) for m in members] == [("ecmf", "ecmf")]
+def test_the_runs_own_test_clips_get_the_submission(finished_run, held_out, tmp_path):
+    """Predict and finalize agree: the submission's labels, ensemble_test.parquet's probabilities; and a
+    second input's predictions go beside its own features, never over the first's."""
+    run_dir = Path(finished_run.run_dir)
+    members = pd.read_json(run_dir / "final" / "ensemble.json", typ="series")["members"]
+    assert len(members) >= 2
+    manifest = pd.read_parquet(run_dir / "manifest.parquet")
+    test = manifest[manifest["split"].eq("test")]
+    test[["video_id", "video_path", "text"]].to_parquet(tmp_path / "own_test.parquet")
+    assert main(["predict", *finished_run.args, f"predict.manifest={tmp_path / 'own_test.parquet'}"]) == 0
 
-
-def test_refuses_another_feature_spec(run):
-    cfg = load_config(
-        ["local"], [a for a in run["args"] if "=" in a] + [f"predict.videos={run['held']}/video"]
+    out = pd.read_csv(run_dir / "predict" / "own_test" / "predictions.csv", keep_default_na=False)
+    out = out.set_index("name")
+    assert (out["error"] == "").all()
+    submission = pd.read_csv(run_dir / "final" / "submission.csv").set_index("name")["discrete"]
+    assert sorted(out.index) == sorted(submission.index) == sorted(test["video_id"])
+    assert out["discrete"].equals(submission.reindex(out.index))
+    ensemble = pd.read_parquet(run_dir / "final" / "ensemble_test.parquet").set_index("video_id")
+    np.testing.assert_allclose(
+        out[PROB_COLUMNS].to_numpy(dtype=float), ensemble.loc[out.index, PROB_COLUMNS].to_numpy(), atol=1e-6
     )
+    # The held-out folder's predictions are still there, untouched.
+    kept = pd.read_csv(run_dir / "predict" / "video" / "predictions.csv", keep_default_na=False)
+    assert kept.equals(held_out)
+
+
+def test_refuses_another_feature_spec(finished_run):
+    cfg = finished_run.config(f"predict.videos={finished_run.held}/video")
     cfg.extract.frames.num = 8
-    with pytest.raises(ValueError, match=r"differently .*changed: frames.num.*config/extract.yaml"):
+    with pytest.raises(ValueError, match=r"differently .*changed: .*frame.frames.num.*config/extract.yaml"):
         run_predict(cfg)
 
 
-def test_manifest_input_keeps_a_row_per_clip(run, tmp_path):
-    held = Path(run["held"])
+def test_manifest_input_keeps_a_row_per_clip(finished_run, tmp_path):
+    held = Path(finished_run.held)
     names = ["sample_00001", "sample_00002"]
     manifest = pd.DataFrame(
         {"video_id": [*names, "gone"], "video_path": [*(f"{held}/video/{n}.mp4" for n in names), "nope.mp4"]}
     )
     manifest.to_csv(tmp_path / "new.csv", index=False)
-    cfg = load_config(
-        ["local"],
-        [a for a in run["args"] if "=" in a]
-        + [f"predict.manifest={tmp_path / 'new.csv'}", f"predict.output={tmp_path / 'p.csv'}"],
+    cfg = finished_run.config(
+        f"predict.manifest={tmp_path / 'new.csv'}", f"predict.output={tmp_path / 'p.csv'}"
     )
     summary = run_predict(cfg)
     out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert list(out["name"]) == [*names, "gone"] and summary["errors"] == 1
     assert out.loc[2, "discrete"] == "" and "video file not found" in out.loc[2, "error"]
-    assert Path(run["run_dir"], "predict", "new", "features", "spec.json").exists()
+    assert Path(finished_run.run_dir, "predict", "new", "features", "spec.json").exists()
 
 
-def test_vote_members_abstains_and_errors():
-    p = np.full((2, 3, 6), np.nan)
+def test_vote_members_and_clips_without_usable_features():
+    p = np.zeros((2, 3, 6))
     p[0, 0] = [0.1, 0.6, 0.1, 0.1, 0.05, 0.05]
     p[1, 0] = [0.1, 0.5, 0.2, 0.1, 0.05, 0.05]
-    p[0, 1] = [0.7, 0.1, 0.1, 0.05, 0.025, 0.025]  # member 1 cannot see clip 1: it abstains
-    usable = ~np.isnan(p[..., 0])
-    classes, mean = vote_members(p, usable)
-    assert list(classes) == [1, 0, MISSING]
-    np.testing.assert_allclose(mean[0], (p[0, 0] + p[1, 0]) / 2)
-    np.testing.assert_allclose(mean[1], p[0, 1])
+    p[0, 1] = [0.7, 0.1, 0.1, 0.05, 0.025, 0.025]
+    p[1, 1] = [0.1, 0.2, 0.6, 0.05, 0.025, 0.025]  # a tie of one vote each: the higher mean probability
+    p[:, 2] = [0.3, 0.1, 0.2, 0.2, 0.1, 0.1]  # no usable branch: every member's blank-input output
+    classes, mean = vote_members(p)
+    assert list(classes) == [1, 0, 0]
+    np.testing.assert_allclose(mean, p.mean(axis=0))
     table = predictions_table(
         ["a", "b", "c"],
         classes,
         mean,
         pd.Series({"c": "audio: open FileNotFoundError"}),
-        pd.DataFrame(columns=["name", "error"]),
+        pd.DataFrame({"name": ["d"], "error": ["video file not found"]}),
     )
-    assert list(table["discrete"][:2]) == ["angry", "neutral"] and pd.isna(table.loc[2, "discrete"])
+    assert list(table["discrete"][:3]) == ["angry", "neutral", "neutral"] and pd.isna(
+        table.loc[3, "discrete"]
+    )
     assert table.loc[2, "error"] == "no usable features: audio: open FileNotFoundError"
+    assert table["error"][:2].isna().all() and table.loc[3, "error"] == "video file not found"

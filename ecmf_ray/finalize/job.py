@@ -29,7 +29,7 @@ from ecmf_ray.finalize.experiments import (
 )
 from ecmf_ray.finalize.pseudo import self_train
 from ecmf_ray.finalize.relabel import check_relabel_config, flows, run_relabel, weak_classifiers
-from ecmf_ray.finalize.report import ReportInputs, write_report
+from ecmf_ray.finalize.report import ReportInputs, TimedRun, write_report
 from ecmf_ray.finalize.scores import reference_labels
 from ecmf_ray.freshness import read_record, stale_reason, write_record
 from ecmf_ray.train.distributed import SharedFeatures
@@ -139,11 +139,12 @@ def run_finalize(cfg: DictConfig) -> dict:
     ablation = list(zip(ablation_rows, trained[len(member_variants) :], strict=True))
     ensemble = vote([e for _, e in members])
     sections: list[str] = []
-    timed = [("weak classifier", e) for e in weak] + [("member", e) for _, e in members]
-    timed += [("ablation row", e) for _, e in ablation]
+    timed = [TimedRun("weak classifier", "weak", e) for e in weak]
+    timed += [TimedRun("member", "members", e) for _, e in members]
+    timed += [TimedRun("ablation row", "members", e) for _, e in ablation]
     if fc.pseudo.enabled:
         ensemble, members, sections = self_train(cfg, members, ensemble, labels, truth, shared)
-        timed += [("self-trained member", e) for _, e in members]
+        timed += [TimedRun("self-trained member", "pseudo", e) for _, e in members]
 
     storage.write_table(ensemble.oof, storage.join(out_dir, "ensemble_oof.parquet"))
     storage.write_table(ensemble.test, storage.join(out_dir, "ensemble_test.parquet"))

@@ -44,18 +44,10 @@ from ecmf_ray.enrich import enrichment_path, llm_labels
 from ecmf_ray.enrich.sources import resolve_sources
 from ecmf_ray.enrich.text import text_label_sources
 from ecmf_ray.finalize.experiments import Experiment, VariantRequest, run_variants
-from ecmf_ray.finalize.vote import (
-    MISSING,
-    RULES,
-    all_disagree,
-    elected,
-    ensemble_vote,
-    majority_winner,
-    plurality_winner,
-    vote_counts,
-)
+from ecmf_ray.finalize.vote import MISSING, RULES, TIE_RULES, all_disagree, relabel_vote
 from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
-from ecmf_ray.train.data import labels_of, read_label_table
+from ecmf_ray.review.decisions import reviewed_labels
+from ecmf_ray.train.data import labels_of
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
 if TYPE_CHECKING:
@@ -63,7 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TIE_RULES = ("keep", "probability")
 DISAGREEMENT_MODES = ("review", "auto")
 
 
@@ -130,18 +121,13 @@ def refine(
     votes = votes.reindex(original.index)
     y = class_indices(original)
     v = np.stack([class_indices(votes[c]) for c in votes.columns], axis=1)
-    counts = vote_counts(v)
-    if rule == "majority":
-        winner = majority_winner(counts)
-    elif tie == "keep":
-        winner = plurality_winner(counts)
-    else:
-        probabilities = probabilities or {}
+    probs = None
+    if rule == "plurality" and tie == "probability":
         # A source without probabilities (an LLM) puts all its mass on its vote.
         one_hot = np.eye(NUM_CLASSES + 1)[v][..., :NUM_CLASSES]  # MISSING (-1) -> the dropped last column
-        probs = np.stack([probabilities.get(c, one_hot[:, i]) for i, c in enumerate(votes.columns)], axis=0)
-        winner = np.where((v == MISSING).all(axis=1), MISSING, ensemble_vote(v, probs))
-    refined = elected(winner, counts, y, min_votes)
+        given = probabilities or {}
+        probs = np.stack([given.get(c, one_hot[:, i]) for i, c in enumerate(votes.columns)], axis=0)
+    refined = relabel_vote(v, y, rule, min_votes, tie, probs)
     review = all_disagree(v, y)
     if unanimous_disagreement == "review":
         refined = np.where(review, y, refined)  # a person decides these, not the vote
@@ -267,7 +253,7 @@ def run_relabel(
         probabilities=probabilities,
     )
     if rc.reviewed:
-        table = apply_review(table, read_label_table(str(rc.reviewed)), str(rc.reviewed))
+        table = apply_review(table, reviewed_labels(str(rc.reviewed)), str(rc.reviewed))
     storage.write_table(table.drop(columns="review"), storage.join(out_dir, "relabel.parquet"))
     queue = table.loc[table["review"], ["video_id", "original", "votes", "refined"]]
     storage.write_csv(queue, storage.join(out_dir, "review_queue.csv"))

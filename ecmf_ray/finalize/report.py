@@ -8,7 +8,8 @@ Tables: the ensemble members, the ablation table in the shape of the paper's Tab
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,8 +23,26 @@ from ecmf_ray.finalize.experiments import Experiment
 from ecmf_ray.finalize.relabel import parse_votes
 from ecmf_ray.finalize.scores import RowScores, row_scores, selection, truth_waf
 from ecmf_ray.labels import EMOTIONS
+from ecmf_ray.train.outputs import fold_dir
 
-__all__ = ["ReportInputs", "markdown_table", "pct", "truth_waf", "write_report"]
+__all__ = [
+    "ReportInputs",
+    "TimedRun",
+    "markdown_table",
+    "pct",
+    "peak_concurrency",
+    "truth_waf",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """An experiment finalize used, its role, and the wave (one batch of fold trials) it belongs to."""
+
+    role: str
+    wave: str
+    experiment: Experiment
 
 
 @dataclass
@@ -44,7 +63,7 @@ class ReportInputs:
     truth: pd.Series | None = None
     reference: pd.DataFrame | None = None
     sections: list[str] = field(default_factory=list)  # extra markdown (the self-training round)
-    timed: list[tuple[str, Experiment]] = field(default_factory=list)  # (role, experiment) of every run
+    timed: list[TimedRun] = field(default_factory=list)  # every run, in the order finalize used them
 
 
 def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -235,46 +254,74 @@ def minutes_between(started_at: str | None, finished_at: str | None) -> str:
     return f"{seconds / 60:.1f}"
 
 
-def training_time(timed: Sequence[tuple[str, Experiment]]) -> list[str]:
-    """The section listing every experiment finalize used, once, with when it trained and for how long."""
-    if not timed:
-        return []
-    seen: set[str] = set()
-    rows = []
-    for role, e in timed:
-        if e.exp_dir in seen:
-            continue
-        seen.add(e.exp_dir)
-        start, end = e.metrics.get("started_at"), e.metrics.get("finished_at")
-        rows.append(
-            (
-                e.name,
-                role,
-                f"`{e.exp_dir.rsplit('/', 1)[-1]}`",
-                start or "",
-                end or "",
-                minutes_between(start, end),
-            )
+def peak_concurrency(spans: Iterable[tuple[str, str]]) -> int:
+    """The most ``(start, end)`` spans open at one moment (ISO 8601 UTC times, which sort as text).
+
+    A span that ends as another starts does not overlap it.
+    """
+    events = sorted(e for start, end in spans for e in ((start, 1), (end, -1)))  # at a tie, ends first
+    peak = running = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def fold_spans(experiment: Experiment) -> list[tuple[str, str]]:
+    """Each fold's own ``(started_at, finished_at)``, as its worker recorded them in ``folds/fold<k>/result.json``
+    (a fold without both is left out)."""
+    spans = []
+    for fold in range(int(experiment.metrics["folds"])):
+        result = json.loads(
+            storage.read_text(storage.join(fold_dir(experiment.exp_dir, fold), "result.json"))
         )
+        if result.get("started_at") and result.get("finished_at"):
+            spans.append((result["started_at"], result["finished_at"]))
+    return spans
+
+
+def training_time(timed: Sequence[TimedRun]) -> list[str]:
+    """The section listing every experiment finalize used, once, with when it trained, for how long, and
+    the most folds of its wave that trained at once."""
+    first: dict[str, TimedRun] = {}
+    for t in timed:
+        first.setdefault(t.experiment.exp_dir, t)  # each experiment once, in its first role
+    unique = list(first.values())
+    if not unique:
+        return []
+    spans = {t.experiment.exp_dir: fold_spans(t.experiment) for t in unique}
+    peaks = {
+        wave: peak_concurrency(s for t in unique if t.wave == wave for s in spans[t.experiment.exp_dir])
+        for wave in {t.wave for t in unique}
+    }
+    rows = []
+    for t in unique:
+        start, end = t.experiment.metrics.get("started_at"), t.experiment.metrics.get("finished_at")
+        folder = f"`{t.experiment.exp_dir.rsplit('/', 1)[-1]}`"
+        rows.append(
+            (t.experiment.name, t.role, folder, start or "", end or "", minutes_between(start, end), t.wave,
+             peaks[t.wave])
+        )  # fmt: skip
     return [
         "## Training time",
         "",
-        "Each experiment from its first fold's start to its last fold's end (UTC). The experiments of a wave "
-        "(weak classifiers; members and ablation rows; self-training) train side by side, so their times "
-        "overlap. An experiment found from an earlier run keeps its own times.",
+        "Each experiment from its first fold's start to its last fold's end (UTC). An experiment found from an "
+        "earlier run keeps its own times. The experiments of a wave (weak classifiers; members and ablation "
+        "rows; self-training) are one batch of fold trials: *peak folds at once* is the most folds of the "
+        "wave that trained at the same moment, from each fold's own start and end "
+        "(`folds/fold<k>/result.json`); 1 means the wave trained one fold at a time "
+        "(`finalize.max_concurrent_folds`).",
         "",
-        markdown_table(rows, ["experiment", "role", "folder", "started", "finished", "minutes"]),
+        markdown_table(
+            rows,
+            ["experiment", "role", "folder", "started", "finished", "minutes", "wave", "peak folds at once"],
+        ),
         "",
     ]
 
 
-def write_report(out_dir: str, inputs: ReportInputs) -> str:
-    """Write the plots and ``report.md`` under ``out_dir``; returns the report's URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    ens, truth = inputs.ensemble, inputs.truth
-    lines = [
+def header_section(inputs: ReportInputs) -> list[str]:
+    return [
         "# ECMF report",
         "",
         f"Run: `{inputs.run_dir}`. Submission: `submission.csv`, {inputs.submission_rows} test videos "
@@ -283,44 +330,42 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
         *score_legend(inputs),
     ]
 
-    if inputs.relabel is not None and inputs.flows is not None:
-        r = inputs.relabel
-        _heatmap(
-            inputs.flows.to_numpy(),
-            "Relabel flows",
-            "refined",
-            "original",
-            storage.join(out_dir, "relabel_flows.png"),
-        )
-        lines += [
-            "## Relabeling (ECMF 3.4.1)",
-            "",
-            f"{int(r['changed'].sum())} of {len(r)} training labels changed by the vote; "
-            f"{int(r['review'].sum())} samples "
-            "whose every source disagrees are in `review_queue.csv`. Details: `relabel.parquet`.",
-            "",
-            "Votes per source (a weak classifier per modality group, and each LLM source that votes):",
-            "",
-            markdown_table(*source_vote_rows(r, truth)),
-            "",
-        ]
-        if truth is not None:
-            s = relabel_scores(r, truth)
-            lines += [
-                f"Against the true labels: {s['fixed']} of {s['noisy']} noisy labels fixed; "
-                f"{s['clean_changed']} of {s['clean']} clean labels changed; "
-                f"{s['noisy_review']} noisy and {s['clean_review']} clean labels queued for review.",
-                "",
-            ]
-        changes = [
-            (a, b, int(inputs.flows.loc[a, b]))
-            for a in EMOTIONS
-            for b in EMOTIONS
-            if a != b and inputs.flows.loc[a, b]
-        ]
-        lines += [markdown_table(changes, ["from", "to", "labels"]) if changes else "No label changed.", ""]
-        lines += ["![relabel flows](relabel_flows.png)", ""]
 
+def relabel_section(
+    out_dir: str, relabel: pd.DataFrame, flows: pd.DataFrame, truth: pd.Series | None
+) -> list[str]:
+    """Relabeling: the votes per source, the changes (``relabel_flows.png``), and how it did against truth."""
+    _heatmap(
+        flows.to_numpy(), "Relabel flows", "refined", "original", storage.join(out_dir, "relabel_flows.png")
+    )
+    lines = [
+        "## Relabeling (ECMF 3.4.1)",
+        "",
+        f"{int(relabel['changed'].sum())} of {len(relabel)} training labels changed by the vote; "
+        f"{int(relabel['review'].sum())} samples "
+        "whose every source disagrees are in `review_queue.csv`. Details: `relabel.parquet`.",
+        "",
+        "Votes per source (a weak classifier per modality group, and each LLM source that votes):",
+        "",
+        markdown_table(*source_vote_rows(relabel, truth)),
+        "",
+    ]
+    if truth is not None:
+        s = relabel_scores(relabel, truth)
+        lines += [
+            f"Against the true labels: {s['fixed']} of {s['noisy']} noisy labels fixed; "
+            f"{s['clean_changed']} of {s['clean']} clean labels changed; "
+            f"{s['noisy_review']} noisy and {s['clean_review']} clean labels queued for review.",
+            "",
+        ]
+    changes = [(a, b, int(flows.loc[a, b])) for a in EMOTIONS for b in EMOTIONS if a != b and flows.loc[a, b]]
+    lines += [markdown_table(changes, ["from", "to", "labels"]) if changes else "No label changed.", ""]
+    return [*lines, "![relabel flows](relabel_flows.png)", ""]
+
+
+def ensemble_section(out_dir: str, inputs: ReportInputs) -> tuple[list[str], RowScores]:
+    """The members and their vote (``confusion.png``, ``per_class_f1.png``); and the vote's scores."""
+    ens, truth = inputs.ensemble, inputs.truth
     member_scores = [(v, e, experiment_scores(e, v.labels, inputs)) for v, e in inputs.members]
     ensemble_scores = row_scores(
         ens.oof, ens.test, ens.metrics["cv_waf"]["mean"], inputs.members[0][0].labels if inputs.members else "refined",
@@ -336,19 +381,6 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
         ("**ensemble**", "majority vote, ties by mean probability", ensemble_scores.labels, "",
          *score_cells(ensemble_scores, columns))
     )  # fmt: skip
-    lines += [
-        "## Ensemble (ECMF 3.4.2)",
-        "",
-        markdown_table(member_rows, ["member", "overrides", "labels learnt", "experiment", *columns]),
-        "",
-        ensemble_gain(ensemble_scores, [r for _, _, r in member_scores], ens.metrics),
-        "",
-        "The plots below score the out-of-fold vote against the labels the members learnt "
-        f"({ensemble_scores.labels}).",
-        "",
-        "![confusion matrix](confusion.png) ![per-class F1](per_class_f1.png)",
-        "",
-    ]
     _heatmap(
         np.array(ens.metrics["confusion_matrix"]["matrix"]),
         "Ensemble, out-of-fold",
@@ -361,24 +393,55 @@ def write_report(out_dir: str, inputs: ReportInputs) -> str:
         **{v.name: e.metrics["per_class_f1"] for v, e in inputs.members},
     }
     _per_class_f1(f1, storage.join(out_dir, "per_class_f1.png"))
+    lines = [
+        "## Ensemble (ECMF 3.4.2)",
+        "",
+        markdown_table(member_rows, ["member", "overrides", "labels learnt", "experiment", *columns]),
+        "",
+        ensemble_gain(ensemble_scores, [r for _, _, r in member_scores], ens.metrics),
+        "",
+        "The plots below score the out-of-fold vote against the labels the members learnt "
+        f"({ensemble_scores.labels}).",
+        "",
+        "![confusion matrix](confusion.png) ![per-class F1](per_class_f1.png)",
+        "",
+    ]
+    return lines, ensemble_scores
 
-    if inputs.ablation:
-        scored = [(v.name, experiment_scores(e, v.labels, inputs)) for v, e in inputs.ablation]
-        scored.append(("+ Ensemble learning", ensemble_scores))
-        columns = score_columns([r for _, r in scored], truth is not None)
-        if TEST not in columns:
-            columns.append(TEST)  # the paper's column, empty without finalize.truth
-        rows = [(name, r.labels, *score_cells(r, columns)) for name, r in scored]
-        lines += [
-            "## Ablation (the shape of the paper's Table 1)",
-            "",
-            "Each row adds its change to every row above it (`finalize.ablation`). Compare rows by "
-            f"*{ORIGINAL}*: the same labels and the same videos per fold for every row. *{AGREEMENT}* rises "
-            "with relabeling by construction (the vote became the labels) and is no measure of accuracy.",
-            "",
-            markdown_table(rows, ["Methods", "labels learnt", *columns]),
-            "",
-        ]
+
+def ablation_section(inputs: ReportInputs, ensemble_scores: RowScores) -> list[str]:
+    """The ablation table in the shape of the paper's Table 1, ending with the ensemble's row."""
+    if not inputs.ablation:
+        return []
+    scored = [(v.name, experiment_scores(e, v.labels, inputs)) for v, e in inputs.ablation]
+    scored.append(("+ Ensemble learning", ensemble_scores))
+    columns = score_columns([r for _, r in scored], inputs.truth is not None)
+    if TEST not in columns:
+        columns.append(TEST)  # the paper's column, empty without finalize.truth
+    rows = [(name, r.labels, *score_cells(r, columns)) for name, r in scored]
+    return [
+        "## Ablation (the shape of the paper's Table 1)",
+        "",
+        "Each row adds its change to every row above it (`finalize.ablation`). Compare rows by "
+        f"*{ORIGINAL}*: the same labels and the same videos per fold for every row. *{AGREEMENT}* rises "
+        "with relabeling by construction (the vote became the labels) and is no measure of accuracy.",
+        "",
+        markdown_table(rows, ["Methods", "labels learnt", *columns]),
+        "",
+    ]
+
+
+def write_report(out_dir: str, inputs: ReportInputs) -> str:
+    """Write the plots and ``report.md`` under ``out_dir``; returns the report's URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    lines = header_section(inputs)
+    if inputs.relabel is not None and inputs.flows is not None:
+        lines += relabel_section(out_dir, inputs.relabel, inputs.flows, inputs.truth)
+    ensemble_lines, ensemble_scores = ensemble_section(out_dir, inputs)
+    lines += ensemble_lines
+    lines += ablation_section(inputs, ensemble_scores)
     lines += inputs.sections
     lines += training_time(inputs.timed)
     uri = storage.join(out_dir, "report.md")

@@ -13,6 +13,7 @@ from ecmf_ray.labels import NUM_CLASSES
 
 MISSING = -1
 RULES: tuple[str, ...] = ("majority", "plurality")
+TIE_RULES: tuple[str, ...] = ("keep", "probability")
 
 
 def vote_counts(votes: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -49,18 +50,31 @@ def relabel_vote(
     original: np.ndarray,
     rule: str = "majority",
     min_votes: int = 1,
+    tie: str = "keep",
+    probabilities: np.ndarray | None = None,
     num_classes: int = NUM_CLASSES,
 ) -> np.ndarray:
     """The refined label per sample under ``rule``; the original label where the rule elects nobody.
 
     ``majority``: a class needs more than half of the votes cast (ECMF 3.4.1, "majority voting").
-    ``plurality``: the most votes suffices, but a tie for the most votes elects nobody.
-    Either way the winner also needs at least ``min_votes`` votes.
+    ``plurality``: the most votes suffices; a tie for the most elects nobody (``tie="keep"``) or the tied
+    class with the highest mean probability (``tie="probability"``, with ``probabilities``:
+    (sources, samples, classes)). Either way the winner also needs at least ``min_votes`` votes.
     """
     if rule not in RULES:
         raise ValueError(f"finalize.relabel.rule must be one of {', '.join(RULES)}, not '{rule}'")
+    if tie not in TIE_RULES:
+        raise ValueError(f"finalize.relabel.tie must be one of {', '.join(TIE_RULES)}, not '{tie}'")
+    votes = np.asarray(votes, dtype=np.int64)
     counts = vote_counts(votes, num_classes)
-    winner = majority_winner(counts) if rule == "majority" else plurality_winner(counts)
+    if rule == "majority":
+        winner = majority_winner(counts)
+    elif tie == "keep":
+        winner = plurality_winner(counts)
+    else:
+        if probabilities is None:
+            raise ValueError("tie='probability' needs the sources' probabilities")
+        winner = np.where((votes == MISSING).all(axis=1), MISSING, ensemble_vote(votes, probabilities))
     return elected(winner, counts, original, min_votes)
 
 

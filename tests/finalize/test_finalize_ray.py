@@ -1,50 +1,28 @@
-"""The finalize job on Ray, end to end on a small noisy feature run; then a rerun that trains nothing."""
+"""The finalize job on Ray, end to end on the session's finished run (tests/finished_run.py): its outputs,
+a rerun that trains nothing, other relabel rules on the trained voters, and folds trained side by side."""
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
-import pytest
-from fake_features import small_config
-from noisy_run import write_noisy_run
 
 from ecmf_ray.finalize.experiments import with_overrides
 from ecmf_ray.finalize.job import run_finalize
 from ecmf_ray.finalize.relabel import run_relabel
-
-SMALL_FINALIZE = [
-    "train.folds=2",
-    "train.max_epochs=10",
-    # Two voters: every change is a unanimous disagreement, which `auto` lets the vote decide.
-    "finalize.relabel.classifiers=[audio,text]",
-    "finalize.relabel.unanimous_disagreement=auto",
-    "finalize.ensemble=[{name: ecmf}, {name: seed1, overrides: [seed=1]}]",
-    # The second row is the ecmf member's config: shared, not trained again.
-    "finalize.ablation=[{row: Baseline, labels: original}, {row: + relabel, labels: refined}]",
-    "finalize.pseudo.enabled=true",
-    "finalize.pseudo.threshold=0.5",
-]
+from tests.finished_run import training_time_rows
 
 
-@pytest.fixture(scope="module")
-def finalized(ray_cluster, tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("finalize_run"))
-    truth = write_noisy_run(run_dir, noise=0.15, n_train=120, n_test=20, p_informative=0.8, separation=5.0)
-    truth.rename_axis("name").rename("true_label").reset_index().to_csv(f"{run_dir}/truth.csv", index=False)
-    cfg = small_config(run_dir, *SMALL_FINALIZE, f"finalize.truth={run_dir}/truth.csv")
-    return run_dir, cfg, run_finalize(cfg)
-
-
-def test_outputs(finalized):
-    run_dir, _, summary = finalized
+def test_outputs(finished_run):
+    run_dir, summary = finished_run.run_dir, finished_run.summary
     final = f"{run_dir}/final"
     relabel = pd.read_parquet(f"{final}/relabel.parquet")
     assert list(relabel.columns) == ["video_id", "original", "refined", "votes", "changed"]
-    assert len(relabel) == 120
+    assert len(relabel) == 48
     queue = pd.read_csv(f"{final}/review_queue.csv")
     assert list(queue.columns) == ["video_id", "original", "votes", "refined"]
     flows = pd.read_csv(f"{final}/relabel_flows.csv", index_col=0)
-    assert flows.to_numpy().sum() == 120
+    assert flows.to_numpy().sum() == 48
 
     sub = pd.read_csv(f"{final}/submission.csv")
     manifest = pd.read_parquet(f"{run_dir}/manifest.parquet")
@@ -60,27 +38,27 @@ def test_outputs(finalized):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "| Baseline |" in report and "| + Ensemble learning |" in report and "noisy labels fixed" in report
     assert "## Self-training with pseudo-labels" in report
-    # 2 weak classifiers + 2 members + the baseline row + 2 self-trained members; the "+ relabel" row
-    # is the ecmf member's run.
+    # 2 weak classifiers + 2 members + 2 self-trained members; the Baseline row is the pipeline's
+    # train/ecmf and the "+ relabel" row the ecmf member's run.
     experiments = sorted(Path(run_dir, "train").glob("final-*"))
-    assert len(experiments) == 7
+    assert len(experiments) == 6
     metrics = json.loads((experiments[0] / "metrics.json").read_text())
     assert metrics["folds"] == 2
 
 
-def test_rerun_trains_nothing(finalized):
-    run_dir, cfg, summary = finalized
+def test_rerun_trains_nothing(finished_run):
+    run_dir, summary = finished_run.run_dir, finished_run.summary
     folds = sorted(Path(run_dir, "train").glob("*/folds/*/result.json"))
     written = [f.stat().st_mtime_ns for f in folds]
-    again = run_finalize(cfg)
+    again = run_finalize(finished_run.config())
     assert again["ensemble_oof_waf"] == summary["ensemble_oof_waf"]
     assert sorted(Path(run_dir, "train").glob("*/folds/*/result.json")) == folds  # no new experiment
     assert [f.stat().st_mtime_ns for f in folds] == written  # no fold trained again
 
 
-def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, tmp_path):
+def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finished_run, tmp_path):
     """finalize.relabel.reviewed and tie=probability, on the weak classifiers finalize trained (found, not retrained)."""
-    run_dir, cfg, _ = finalized
+    run_dir, cfg = finished_run.run_dir, finished_run.config()
     first = pd.read_parquet(f"{run_dir}/final/relabel.parquet").set_index("video_id")
     changed = first.index[first["changed"]][0]  # a person rejects one change and relabels another video
     kept = first.index[~first["changed"]][0]
@@ -124,38 +102,32 @@ def test_reviewed_decisions_and_the_tie_rule_on_the_trained_sources(finalized, t
     assert chosen[~split].equals(by_rule["keep"].loc[~split, "refined"])
 
 
-def training_time_rows(report: str) -> dict[tuple[str, str], list[str]]:
-    """The report's "Training time" table: (experiment, role) -> its cells."""
-    section = report.split("## Training time", 1)[1].split("\n## ", 1)[0]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
-    return {(cells[0].strip(), cells[1].strip()): [c.strip() for c in cells] for cells in rows[1:]}
+def overlaps(spans: list[tuple[str, str]]) -> bool:
+    """Whether two of the spans overlap in time."""
+    return any(a[0] < b[1] and b[0] < a[1] for a, b in combinations(spans, 2))
 
 
-def test_a_waves_experiments_train_side_by_side(finalized):
-    """On 2 CPUs, each wave's experiments overlap in time (not one after another), as the report shows."""
-    run_dir, _, summary = finalized
-    rows = training_time_rows(Path(summary["report"]).read_text())
-    # 2 weak classifiers, 2 members, the baseline row, 2 self-trained members: each listed once.
+def test_each_waves_folds_train_side_by_side(finished_run):
+    """On 2 CPUs, each wave trains two folds at once, measured from each fold's own start and end as its
+    worker recorded them. One fold at a time (finalize.max_concurrent_folds=1) fails this test."""
+    run_dir = finished_run.run_dir
+    rows = training_time_rows(Path(finished_run.summary["report"]).read_text())
+    # 2 weak classifiers, 2 members, the Baseline row (train/ecmf), 2 self-trained members: each once.
     assert len(rows) == 7
-    spans = {}
-    for name, cells in rows.items():
-        metrics = json.loads(Path(run_dir, "train", cells[2].strip("`"), "metrics.json").read_text())
+    folds: dict[str, list[tuple[str, str]]] = {}
+    peaks: dict[str, int] = {}
+    for cells in rows.values():
+        exp = Path(run_dir, "train", cells[2].strip("`"))
+        metrics = json.loads((exp / "metrics.json").read_text())
         assert cells[3:5] == [metrics["started_at"], metrics["finished_at"]]
-        spans[name] = (metrics["started_at"], metrics["finished_at"])
-        assert spans[name][0] < spans[name][1] and float(cells[5]) >= 0
-        folds = [
-            json.loads(p.read_text())
-            for p in Path(run_dir, "train", cells[2].strip("`")).glob("folds/*/result.json")
-        ]
-        assert spans[name] == (min(f["started_at"] for f in folds), max(f["finished_at"] for f in folds))
-
-    def overlap(a: tuple[str, str], b: tuple[str, str]) -> bool:
-        return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
-
-    audio, text = ("weak audio", "weak classifier"), ("weak text", "weak classifier")
-    ecmf, seed1, baseline = ("ecmf", "member"), ("seed1", "member"), ("Baseline", "ablation row")
-    assert overlap(audio, text)
-    assert overlap(ecmf, seed1) and overlap(seed1, baseline)
-    assert overlap(("ecmf", "self-trained member"), ("seed1", "self-trained member"))
-    # The waves themselves run in order: relabeling needs the weak classifiers' votes.
-    assert max(spans[audio][1], spans[text][1]) <= min(spans[ecmf][0], spans[seed1][0])
+        records = [json.loads(p.read_text()) for p in exp.glob("folds/*/result.json")]
+        assert len(records) == 2 and all(r["started_at"] < r["finished_at"] for r in records)
+        spans = [(r["started_at"], r["finished_at"]) for r in records]
+        if exp.name != "ecmf":  # the Baseline row: the pipeline's train step trained it, before finalize
+            folds.setdefault(cells[6], []).extend(spans)
+        peaks.setdefault(cells[6], int(cells[7]))
+    assert peaks == {"weak": 2, "members": 2, "pseudo": 2}  # the report's column: never more than 2 CPUs
+    assert {wave: overlaps(spans) for wave, spans in folds.items()} == dict.fromkeys(peaks, True)
+    # The waves themselves run in order: relabeling needs the weak classifiers' votes, self-training the vote.
+    assert max(e for _, e in folds["weak"]) <= min(s for s, _ in folds["members"])
+    assert max(e for _, e in folds["members"]) <= min(s for s, _ in folds["pseudo"])

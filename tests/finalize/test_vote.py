@@ -46,6 +46,17 @@ def test_plurality_needs_the_most_votes_and_no_tie():
         relabel_vote(VOTES, ORIGINAL, "unanimity")
 
 
+def test_plurality_ties_by_probability():
+    probabilities = np.zeros((4, len(VOTES), 6))
+    probabilities[1, 1, 2] = 0.9  # sample 1: 1 against 2 -> the source voting 2 is surer
+    probabilities[0, 1, 1] = 0.6
+    assert relabel_vote(VOTES, ORIGINAL, "plurality", tie="probability", probabilities=probabilities).tolist() == [
+        2, 2, 5, 3, 2, 4,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="finalize.relabel.tie"):
+        relabel_vote(VOTES, ORIGINAL, "plurality", tie="coin")
+
+
 def test_review_queue_is_total_disagreement():
     votes = np.array([[2, 2, 1], [0, 2, 1], [-1, -1, -1], [1, -1, -1]])
     original = np.array([0, 0, 3, 2])
