@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ecmf_ray.config import ConfigError, load_config
 from ecmf_ray.job_table import JOBS, UsageError, run_job
+from ecmf_ray.stall import Stalled
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         run_job(args.job, cfg)
         return 0
-    except (ConfigError, UsageError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, UsageError, ValueError, FileNotFoundError, Stalled) as err:
         print(f"ecmf {args.job}: error: {err}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,7 @@ JOBS: dict[str, tuple[str | None, bool, str]] = {
     "finalize": ("ecmf_ray.finalize.job:run_finalize", True, "relabel, ensemble, submission and report"),
     "pipeline": ("ecmf_ray.pipeline:run_pipeline", True, "every stage in order"),
     "predict": ("ecmf_ray.predict:run_predict", True, "label new clips with a finished run's ensemble"),
+    "review": ("ecmf_ray.review.server:run_review", False, "a local web page to decide the review queue"),
 }
 
 
