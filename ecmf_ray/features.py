@@ -11,6 +11,7 @@ model           string                                     the model reference t
 layers          string                                     hidden layers used ("" where not relevant)
 n_frames        int32                                      frames (or audio windows / tokens) pooled
 face_ratio      float32                                    frames with a face / frames (face branch)
+source          string                                     face: openface | detect; audio: wav | video
 dtype           string                                     compute dtype (fp32 / fp16 / bf16)
 ==============  =========================================  =========================================
 
@@ -70,6 +71,7 @@ def feature_schema(dim: int) -> pa.Schema:
             ("n_frames", pa.int32()),
             ("face_ratio", pa.float32()),
             ("dtype", pa.string()),
+            ("source", pa.string()),
         ]
     )
 
@@ -83,8 +85,10 @@ def feature_table(
     dtype: str,
     n_frames: np.ndarray,
     face_ratio: np.ndarray | None = None,
+    source: list[str] | None = None,
 ) -> pa.Table:
-    """One branch's rows in the contract's schema; ``face_ratio`` is null where not given (non-face branches)."""
+    """One branch's rows in the contract's schema; ``face_ratio`` (non-face branches) and ``source``
+    (frame and text) are null where not given."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     n, dim = matrix.shape
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
@@ -97,6 +101,7 @@ def feature_table(
         pa.array(n_frames, pa.int32()),
         ratio,
         pa.array([dtype] * n, pa.string()),
+        pa.nulls(n, pa.string()) if source is None else pa.array(source, pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=feature_schema(dim))
 

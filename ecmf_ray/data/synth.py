@@ -12,10 +12,12 @@ fusion has something to add over any single modality. ``truth.csv`` records the 
 
 ``release_layout`` (``ecmf synth --release-layout``) writes the rest of the real release around it:
 ``track_all_candidates.csv`` (the unlabelled clips to predict; the others are extras, as the release's
-~105k non-candidates), ``audio/NAME.wav`` (16 kHz mono PCM) and ``openface_face/NAME/NAME.npy`` (OpenFace's
+~105k non-candidates), ``audio/NAME.wav`` (16-bit PCM) and ``openface_face/NAME/NAME.npy`` (OpenFace's
 output as the baselines read it: uint8 BGR 112x112 face crops, one per frame, cut where the face is).
-Two bad cases of the real release are built in: the first candidate has no video (nor audio or faces),
-the second no face file.
+The real release's gaps are built in, deterministically: the first candidate has no video (nor audio or
+faces); of the clips with a video, in order, every fourth from the second has no face file, every fourth
+from the third no WAV, and every fourth from the fourth a WAV at 44.1 kHz stereo (the rest 16 kHz mono),
+so that extraction falls back, and resamples, on some clips of even a small set (:func:`release_files`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ TRUTH_FILE = "truth.csv"
 AUDIO_DIR = "audio"
 OPENFACE_DIR = "openface_face"
 OPENFACE_SIZE = 112  # OpenFace's aligned face crops, as released
+RESAMPLED_WAV = (44_100, 2)  # (rate, channels) of the release WAVs that are not 16 kHz mono
 
 # Per-class signals, indexed like EMOTIONS (neutral, angry, happy, sad, worried, surprise).
 BACKGROUND_RGB = np.array(
@@ -161,10 +164,12 @@ class SynthSummary:
     n_noisy: int
     n_hidden: int
     seconds: float
-    candidates_csv: str | None = None  # release layout only, as the three below
+    candidates_csv: str | None = None  # every unlabelled clip, or (release layout) the first `candidates`
     n_candidates: int = 0
-    no_video: str | None = None  # the candidate listed without a video
-    no_faces: str | None = None  # the candidate whose openface_face/ file is missing
+    no_video: str | None = None  # release layout: the candidate listed without a video
+    no_faces: tuple[str, ...] = ()  # ... the clips with a video but no openface_face/ file
+    no_wav: tuple[str, ...] = ()  # ... the clips with a video but no audio/ file
+    resampled_wav: tuple[str, ...] = ()  # ... the clips whose WAV is at RESAMPLED_WAV, not 16 kHz mono
 
 
 def sample_name(index: int) -> str:
@@ -317,13 +322,24 @@ def write_video(path: str, frames: np.ndarray, audio: np.ndarray | None, fps: in
     _encode(path, iter(frames), audio, fps, frames.shape[2], frames.shape[1])
 
 
-def write_wav(path: str, audio: np.ndarray) -> None:
-    """Mono float32 ``audio`` (-1..1) as a 16-bit PCM WAV at :data:`SAMPLE_RATE`."""
+def write_wav(path: str, audio: np.ndarray, rate: int = SAMPLE_RATE, channels: int = 1) -> None:
+    """Mono float32 ``audio`` (-1..1, at :data:`SAMPLE_RATE`) as a 16-bit PCM WAV at ``rate`` with
+    ``channels`` identical channels (resampled by FFmpeg's swresample where ``rate`` differs)."""
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels}")
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    if (rate, channels) != (SAMPLE_RATE, 1):
+        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        resampler = av.AudioResampler(format="s16", layout="stereo" if channels == 2 else "mono", rate=rate)
+        chunks = [
+            out.to_ndarray().reshape(-1) for out in [*resampler.resample(frame), *resampler.resample(None)]
+        ]
+        pcm = np.concatenate(chunks).astype("<i2")  # packed: channels interleaved
     with wave.open(path, "wb") as out:
-        out.setnchannels(1)
+        out.setnchannels(channels)
         out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
+        out.setframerate(rate)
         out.writeframes(pcm.tobytes())
 
 
@@ -346,6 +362,7 @@ class _RenderJob:
     height: int
     fps: int
     audio_path: str | None = None  # release layout: audio/NAME.wav
+    audio_format: tuple[int, int] = (SAMPLE_RATE, 1)  # the WAV's (rate, channels)
     faces_path: str | None = None  # release layout: openface_face/NAME/NAME.npy
 
 
@@ -365,10 +382,103 @@ def _render(job: _RenderJob) -> None:
     audio = _audio(rng, job.plan.signal("audio"), round(job.duration_s * SAMPLE_RATE))
     _encode(job.path, frames(), audio, job.fps, job.width, job.height)
     if job.audio_path:
-        write_wav(job.audio_path, audio)
+        write_wav(job.audio_path, audio, *job.audio_format)
     if job.faces_path:
         os.makedirs(os.path.dirname(job.faces_path), exist_ok=True)
         np.save(job.faces_path, np.stack(crops))
+
+
+@dataclass(frozen=True)
+class ReleaseFiles:
+    """Which release files a clip with a video gets (see the module docstring)."""
+
+    faces: bool
+    wav: bool
+    wav_format: tuple[int, int]  # (rate, channels)
+
+
+def release_files(position: int) -> ReleaseFiles:
+    """The release files of the clip at ``position`` among the clips with a video, in plan order."""
+    kind = position % 4
+    return ReleaseFiles(
+        faces=kind != 1, wav=kind != 2, wav_format=RESAMPLED_WAV if kind == 3 else (SAMPLE_RATE, 1)
+    )
+
+
+def _render_jobs(
+    plans: list[SamplePlan], out_dir: str, video_dir: str, release_layout: bool, no_video: str | None, **clip
+) -> list[_RenderJob]:
+    """One job per clip with a video; in the release layout with its WAV and face file per :func:`release_files`."""
+    jobs = []
+    for position, p in enumerate(q for q in plans if q.name != no_video):
+        video_path = os.path.join(video_dir, f"{p.name}.mp4")
+        if not release_layout:
+            jobs.append(_RenderJob(p, video_path, **clip))
+            continue
+        files = release_files(position)
+        jobs.append(
+            _RenderJob(
+                p,
+                video_path,
+                **clip,
+                audio_path=os.path.join(out_dir, AUDIO_DIR, f"{p.name}.wav") if files.wav else None,
+                audio_format=files.wav_format,
+                faces_path=os.path.join(out_dir, OPENFACE_DIR, p.name, f"{p.name}.npy")
+                if files.faces
+                else None,
+            )
+        )
+    return jobs
+
+
+def _render_all(jobs: list[_RenderJob], workers: int) -> None:
+    if workers > 1 and len(jobs) > 1:
+        # spawn, not fork: the caller may hold Ray or torch threads that a fork would copy mid-state.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for _ in pool.map(_render, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers)))):
+                pass
+    else:
+        for job in jobs:
+            _render(job)
+
+
+def _write_tables(out_dir: str, plans: list[SamplePlan], listed: list[str]) -> dict[str, str]:
+    """The release's CSVs (labels, subtitles, candidates) and the held-out truth; returns their paths."""
+    labelled = [p for p in plans if p.split == "train"]
+    paths = {
+        "labels_csv": os.path.join(out_dir, LABELS_FILE),
+        "subtitles_csv": os.path.join(out_dir, SUBTITLES_FILE),
+        "truth_csv": os.path.join(out_dir, TRUTH_FILE),
+        "candidates_csv": os.path.join(out_dir, CANDIDATES_FILE),
+    }
+    pd.DataFrame(
+        {
+            "name": [p.name for p in labelled],
+            "discrete": [EMOTIONS[p.given] for p in labelled if p.given is not None],
+            "valence": [p.valence for p in labelled],
+        }
+    ).to_csv(paths["labels_csv"], index=False)
+    pd.DataFrame(
+        {
+            "name": [p.name for p in plans],
+            "chinese": [p.chinese for p in plans],
+            "english": [p.english for p in plans],
+        }
+    ).to_csv(paths["subtitles_csv"], index=False, encoding="utf-8")
+    pd.DataFrame(
+        {
+            "name": [p.name for p in plans],
+            "true_label": [EMOTIONS[p.label] for p in plans],
+            "given_label": ["" if p.given is None else EMOTIONS[p.given] for p in plans],
+            "noisy": [p.noisy for p in plans],
+            "hidden": [p.hidden or "" for p in plans],
+            "hidden_as": ["" if p.hidden_as is None else EMOTIONS[p.hidden_as] for p in plans],
+            "split": [p.split for p in plans],
+        }
+    ).to_csv(paths["truth_csv"], index=False)
+    pd.DataFrame({"name": listed}).to_csv(paths["candidates_csv"], index=False)
+    return paths
 
 
 def synthesize(
@@ -389,8 +499,9 @@ def synthesize(
 ) -> SynthSummary:
     """Write ``n`` labelled and ``unlabeled`` unlabelled clips plus the MER2025 CSVs under ``out_dir``.
 
-    ``release_layout``: the first ``candidates`` unlabelled clips are listed in track_all_candidates.csv
-    (the rest are extras), and audio/ and openface_face/ are written too (see the module docstring).
+    track_all_candidates.csv lists every unlabelled clip; with ``release_layout`` only the first
+    ``candidates`` (the rest are extras), and audio/ and openface_face/ are written too (see the module
+    docstring).
     ``workers`` > 1 renders clips in that many processes; the output is identical either way.
     """
     if not 0 <= candidates <= unlabeled:
@@ -403,88 +514,39 @@ def synthesize(
     plans = plan_samples(n, unlabeled=unlabeled, label_noise=label_noise, seed=seed, hide_prob=hide_prob)
     video_dir = os.path.join(out_dir, "video")
     os.makedirs(video_dir, exist_ok=True)
-    listed = [p.name for p in plans if p.split == "unlabeled"][:candidates]
+    # The plain layout lists every unlabelled clip as a candidate; the release layout the first `candidates`.
+    listed = [p.name for p in plans if p.split == "unlabeled"][: candidates if release_layout else None]
     no_video = listed[0] if release_layout and listed else None
-    no_faces = listed[1] if release_layout and len(listed) > 1 else None
     if release_layout:
         os.makedirs(os.path.join(out_dir, AUDIO_DIR), exist_ok=True)
-    jobs = [
-        _RenderJob(
-            p,
-            os.path.join(video_dir, f"{p.name}.mp4"),
-            seed,
-            duration_s,
-            width,
-            height,
-            fps,
-            audio_path=os.path.join(out_dir, AUDIO_DIR, f"{p.name}.wav") if release_layout else None,
-            faces_path=(
-                os.path.join(out_dir, OPENFACE_DIR, p.name, f"{p.name}.npy")
-                if release_layout and p.name != no_faces
-                else None
-            ),
-        )
-        for p in plans
-        if p.name != no_video
-    ]
-    if workers > 1 and len(jobs) > 1:
-        # spawn, not fork: the caller may hold Ray or torch threads that a fork would copy mid-state.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(_render, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers)))):
-                pass
-    else:
-        for job in jobs:
-            _render(job)
-
-    labelled = [p for p in plans if p.split == "train"]
-    labels_csv = os.path.join(out_dir, LABELS_FILE)
-    subtitles_csv = os.path.join(out_dir, SUBTITLES_FILE)
-    truth_csv = os.path.join(out_dir, TRUTH_FILE)
-    pd.DataFrame(
-        {
-            "name": [p.name for p in labelled],
-            "discrete": [EMOTIONS[p.given] for p in labelled if p.given is not None],
-            "valence": [p.valence for p in labelled],
-        }
-    ).to_csv(labels_csv, index=False)
-    pd.DataFrame(
-        {
-            "name": [p.name for p in plans],
-            "chinese": [p.chinese for p in plans],
-            "english": [p.english for p in plans],
-        }
-    ).to_csv(subtitles_csv, index=False, encoding="utf-8")
-    pd.DataFrame(
-        {
-            "name": [p.name for p in plans],
-            "true_label": [EMOTIONS[p.label] for p in plans],
-            "given_label": ["" if p.given is None else EMOTIONS[p.given] for p in plans],
-            "noisy": [p.noisy for p in plans],
-            "hidden": [p.hidden or "" for p in plans],
-            "hidden_as": ["" if p.hidden_as is None else EMOTIONS[p.hidden_as] for p in plans],
-            "split": [p.split for p in plans],
-        }
-    ).to_csv(truth_csv, index=False)
-    candidates_csv = None
-    if release_layout:
-        candidates_csv = os.path.join(out_dir, CANDIDATES_FILE)
-        pd.DataFrame({"name": listed}).to_csv(candidates_csv, index=False)
+    jobs = _render_jobs(
+        plans,
+        out_dir,
+        video_dir,
+        release_layout,
+        no_video,
+        seed=seed,
+        duration_s=duration_s,
+        width=width,
+        height=height,
+        fps=fps,
+    )
+    _render_all(jobs, workers)
+    paths = _write_tables(out_dir, plans, listed)
     return SynthSummary(
         out_dir=out_dir,
         video_dir=video_dir,
-        labels_csv=labels_csv,
-        subtitles_csv=subtitles_csv,
-        truth_csv=truth_csv,
-        n_labelled=len(labelled),
-        n_unlabeled=len(plans) - len(labelled),
+        **paths,
+        n_labelled=sum(p.split == "train" for p in plans),
+        n_unlabeled=sum(p.split == "unlabeled" for p in plans),
         n_noisy=sum(p.noisy for p in plans),
         n_hidden=sum(p.hidden is not None for p in plans),
         seconds=time.perf_counter() - start,
-        candidates_csv=candidates_csv,
         n_candidates=len(listed),
         no_video=no_video,
-        no_faces=no_faces,
+        no_faces=tuple(j.plan.name for j in jobs if release_layout and not j.faces_path),
+        no_wav=tuple(j.plan.name for j in jobs if release_layout and not j.audio_path),
+        resampled_wav=tuple(j.plan.name for j in jobs if j.audio_path and j.audio_format == RESAMPLED_WAV),
     )
 
 

@@ -29,13 +29,13 @@ class NoVideoStream(ValueError):
 
 @contextlib.contextmanager
 def local_file(path: str) -> Iterator[str]:
-    """A local path for ``path``; remote clips (s3://) are copied to a temporary file first."""
+    """A local path for ``path``; remote files (s3://) are copied to a temporary file first."""
     if not storage.is_remote(path):
         local = os.path.expanduser(path)
         # Anything but a folder goes to the decoder (a named pipe or a device too): what it cannot read
         # fails there, and what blocks it times out there.
         if not os.path.exists(local) or os.path.isdir(local):
-            raise FileNotFoundError(f"no such video file: {path}")
+            raise FileNotFoundError(f"no such file: {path}")
         yield local
         return
     suffix = os.path.splitext(path)[1]
@@ -100,7 +100,8 @@ def read_frames(path: str, short_side: int, num: int, fps: float | None, num_thr
 
 
 def read_audio(path: str, sample_rate: int) -> np.ndarray:
-    """The first audio stream as mono float32 at ``sample_rate``."""
+    """The first audio stream (of a video, or of a WAV file) as mono float32 at ``sample_rate``: resampled
+    and down-mixed by FFmpeg's swresample where the stream is at another rate or has more channels."""
     with av.open(path) as container:
         if not container.streams.audio:
             raise NoAudioStream("the file has no audio stream")

@@ -75,6 +75,9 @@ class DecoderProcess:
                 raise DecoderDied(
                     f"{what}: the decoder process exited (code {code}) during the call"
                 ) from None
+            except BaseException:  # interrupted mid-call (a cancelled Ray task): its late reply must never
+                self.close()  # be read as the next call's, so the child goes with the call
+                raise
             if not finished:
                 pid = self.close()
                 raise DecodeTimeout(

@@ -1,12 +1,12 @@
-"""Faces for the face branch: detected in the sampled frames, or the release's own OpenFace crops.
+"""Faces for the face branch: the release's own OpenFace crops, or detected in the sampled frames.
 
-``extract.faces.source`` picks where they come from:
+``extract.faces.source`` picks where they come from per clip (:mod:`ecmf_ray.extract.sources`):
 
-- ``detect``: the largest face per sampled frame, squared with a margin (detectors below).
 - ``openface``: the MER2025 release's ``openface_face/NAME/NAME.npy`` (uint8 BGR frames, about
   ``(n, 112, 112, 3)``), the faces the paper and the baselines encode: K sampled uniformly by the same rule
-  as video frames, turned to RGB and resized to the crop size. No detector runs. A video without its file
-  follows ``openface_missing`` (``detect``: detect in its frames instead; ``error``: a per-row error).
+  as video frames, turned to RGB and resized to the crop size. No detector runs.
+- ``detect``: the largest face per sampled frame, squared with a margin (detectors below).
+- ``auto``: the clip's face file where it exists, detection otherwise.
 
 Two detectors, picked by ``extract.faces.detector``:
 
@@ -31,11 +31,10 @@ import numpy as np
 
 from ecmf_ray import storage
 from ecmf_ray.extract.decode import sample_indices
+from ecmf_ray.extract.sources import clip_name, release_path
 
 DETECTORS: tuple[str, ...] = ("haar", "yunet")
 NO_FACE_POLICIES: tuple[str, ...] = ("center", "skip")
-FACE_SOURCES: tuple[str, ...] = ("detect", "openface")
-OPENFACE_MISSING_POLICIES: tuple[str, ...] = ("detect", "error")
 OPENFACE_DIR = "openface_face"
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -45,35 +44,17 @@ class NoFaceFound(ValueError):
 
 
 class NoFaceFile(FileNotFoundError):
-    """The video has no OpenFace face file and ``openface_missing`` is ``error``."""
+    """The video has no OpenFace face file (an error with ``extract.faces.source=openface``)."""
 
 
 class BadFaceFile(ValueError):
     """An OpenFace face file that is unreadable or not uint8 frames ``(n, H, W, 3)``."""
 
 
-def face_source(cfg_faces: Any) -> tuple[str, str]:
-    """``(source, openface_missing)`` from ``extract.faces``, checked."""
-    source, missing = str(cfg_faces.source), str(cfg_faces.openface_missing)
-    if source not in FACE_SOURCES:
-        raise ValueError(f"extract.faces.source must be one of {FACE_SOURCES}, not {source!r}")
-    if missing not in OPENFACE_MISSING_POLICIES:
-        raise ValueError(
-            f"extract.faces.openface_missing must be one of {OPENFACE_MISSING_POLICIES}, not {missing!r}"
-        )
-    return source, missing
-
-
 def openface_path(video_path: str, openface_dir: str | None) -> str:
     """``<openface_dir>/NAME/NAME.npy`` for ``.../video/NAME.mp4``; by default ``openface_face/`` beside ``video/``."""
-    name = os.path.splitext(os.path.basename(video_path.rstrip("/")))[0]
-    if openface_dir:
-        root = str(openface_dir)
-    elif storage.is_remote(video_path):
-        root = video_path.rstrip("/").rsplit("/", 2)[0] + "/" + OPENFACE_DIR
-    else:
-        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(video_path))), OPENFACE_DIR)
-    return storage.join(root, name, f"{name}.npy")
+    name = clip_name(video_path)
+    return release_path(video_path, OPENFACE_DIR, openface_dir, name, f"{name}.npy")
 
 
 def read_openface(path: str) -> np.ndarray:

@@ -1,21 +1,31 @@
 """The CPU stage: decode each clip, find faces, and emit small uint8 crops and audio samples.
 
 Decoding and face detection are fused into one stage so that only resized crops ever leave it: the
-decoded frames (short side ``extract.frames.size``) die in the worker that made them. With
-``extract.faces.source=openface`` the face crops come from the release's ``.npy`` file instead, read
-here too (CPU work, kept out of the CLIP actors), and the video is decoded only if another branch needs it.
+decoded frames (short side ``extract.frames.size``) die in the worker that made them. Where the release's
+own files serve (``extract.faces.source`` / ``extract.audio.source``, see :mod:`ecmf_ray.extract.sources`)
+the face crops come from its ``.npy`` file and the audio from its ``.wav``, read here too (CPU work, kept
+out of the encoder actors), and the video is decoded only if another branch still needs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ecmf_ray.extract import decode, decoder_process, faces
-from ecmf_ray.extract.rows import VISUAL_BRANCHES, count_column, empty_errors, error_cell, error_column
+from ecmf_ray.extract import decode, decoder_process, faces, sources
+from ecmf_ray.extract.rows import (
+    SOURCED_BRANCHES,
+    VISUAL_BRANCHES,
+    count_column,
+    empty_errors,
+    error_cell,
+    error_column,
+    source_column,
+)
 
 
 @dataclass
@@ -27,6 +37,7 @@ class ClipMedia:
     face_ratio: float = float("nan")
     audio: np.ndarray | None = None  # float32 mono samples
     errors: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # face: openface | detect; audio: wav | video
 
 
 def decode_clip(path: str, cfg: Any) -> ClipMedia:
@@ -34,8 +45,11 @@ def decode_clip(path: str, cfg: Any) -> ClipMedia:
     e = cfg.extract
     branches = set(e.branches)
     media = ClipMedia()
-    if "face" in branches and _add_openface_faces(media, path, e):
-        branches.discard("face")  # settled from the face file (crops or an error): no detection
+    # Settled from the release's file (its content or an error): the video is not needed for that branch.
+    if "face" in branches and _add_release_faces(media, path, e):
+        branches.discard("face")
+    if "audio" in branches and _add_release_audio(media, path, e):
+        branches.discard("audio")
     from_video = branches - {"text"}
     if not from_video:
         return media
@@ -50,25 +64,49 @@ def decode_clip(path: str, cfg: Any) -> ClipMedia:
     return media
 
 
-def _add_openface_faces(media: ClipMedia, video_path: str, e: Any) -> bool:
-    """With ``faces.source=openface``: crops from the clip's face file. False: detect in the frames instead."""
-    cfg_faces = e.faces
-    source, missing = faces.face_source(cfg_faces)
-    if source != "openface":
+def _add_release_faces(media: ClipMedia, video_path: str, e: Any) -> bool:
+    """Crops from the clip's OpenFace file; False: detect in the frames instead."""
+    source = sources.face_source(e.faces)
+    if source == "detect":
         return False
-    path = faces.openface_path(video_path, cfg_faces.openface_dir)
+    path = faces.openface_path(video_path, e.faces.openface_dir)
+
+    def read() -> None:
+        media.faces = faces.openface_crops(faces.read_openface(path), int(e.frames.num), int(e.faces.size))
+        media.face_ratio = 1.0  # every OpenFace frame is a face
+
+    return _from_release(media, "face", "faces", source == "auto", faces.NoFaceFile, read)
+
+
+def _add_release_audio(media: ClipMedia, video_path: str, e: Any) -> bool:
+    """Samples from the clip's release WAV; False: decode the video's audio track instead."""
+    source = sources.audio_source(e.audio)
+    if source == "video":
+        return False
+    path = sources.wav_path(video_path, e.audio.wav_dir)
+
+    def read() -> None:
+        media.audio = sources.read_wav(path, int(e.audio.sample_rate), float(e.decode.timeout_s))
+
+    return _from_release(media, "audio", "decode_audio", source == "auto", sources.NoWavFile, read)
+
+
+def _from_release(
+    media: ClipMedia, branch: str, stage: str, auto: bool, missing: type[Exception], read: Callable[[], None]
+) -> bool:
+    """Run ``read`` (the release file into ``media``); True when that settles the branch (its content or
+    an error), False when the file is missing and ``auto`` leaves the branch to the video."""
     try:
-        stored = faces.read_openface(path)
-        media.faces = faces.openface_crops(stored, int(e.frames.num), int(cfg_faces.size))
-    except faces.NoFaceFile as err:
-        if missing == "detect":
+        read()
+    except missing as err:
+        if auto:
             return False
-        media.errors["face"] = error_cell("faces", err)
+        media.errors[branch] = error_cell(stage, err)
         return True
     except Exception as err:  # a malformed file fails only its own row
-        media.errors["face"] = error_cell("faces", err)
+        media.errors[branch] = error_cell(stage, err)
         return True
-    media.face_ratio = 1.0  # every OpenFace frame is a face
+    media.sources[branch] = sources.RELEASE_SOURCE[branch]
     return True
 
 
@@ -99,6 +137,8 @@ def _add_audio(media: ClipMedia, local: str, e: Any) -> None:
         )
     except Exception as err:
         media.errors["audio"] = error_cell("decode_audio", err)
+        return
+    media.sources["audio"] = sources.VIDEO_SOURCE["audio"]
 
 
 def _add_faces(media: ClipMedia, frames: np.ndarray, cfg_faces: Any) -> None:
@@ -118,6 +158,7 @@ def _add_faces(media: ClipMedia, frames: np.ndarray, cfg_faces: Any) -> None:
         return
     media.faces = crops
     media.face_ratio = float(found.mean())
+    media.sources["face"] = sources.VIDEO_SOURCE["face"]
 
 
 def _padded(items: list[np.ndarray | None], k: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,4 +197,7 @@ def decode_batch(batch: dict[str, np.ndarray], cfg: Any) -> dict[str, np.ndarray
     if "audio" in branches:
         # Bytes, not a tensor column: clips differ in length.
         out["audio"] = np.array([b"" if m.audio is None else m.audio.tobytes() for m in media], dtype=object)
+    for branch in SOURCED_BRANCHES:
+        if branch in branches:
+            out[source_column(branch)] = np.array([m.sources.get(branch, "") for m in media], dtype=object)
     return out

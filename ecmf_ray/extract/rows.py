@@ -14,6 +14,8 @@ import numpy as np
 # Where a branch can fail, in pipeline order.
 STAGES: tuple[str, ...] = ("open", "decode_video", "decode_audio", "faces", "clip", "hubert", "roberta")
 VISUAL_BRANCHES: tuple[str, ...] = ("frame", "face")
+# Branches whose input comes from the release's own file or from the video (see extract/sources.py).
+SOURCED_BRANCHES: tuple[str, ...] = ("face", "audio")
 _MESSAGE_CHARS = 500
 
 
@@ -28,6 +30,11 @@ def feature_column(branch: str) -> str:
 def count_column(branch: str) -> str:
     """Frames, windows or tokens pooled into the branch's vector."""
     return f"{branch}_n"
+
+
+def source_column(branch: str) -> str:
+    """Where the row's input came from (face: openface | detect; audio: wav | video; "" if it failed)."""
+    return f"{branch}_source"
 
 
 def error_cell(stage: str, err: BaseException) -> str:

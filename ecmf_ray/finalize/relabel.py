@@ -21,11 +21,13 @@ probability 1). Either way the elected class needs ``min_votes`` votes, else the
 Review: a sample whose every vote contradicts its original label goes to ``review_queue.csv``. With
 ``unanimous_disagreement: review`` (the paper's, default) it keeps its original label until a person
 decides; with ``auto`` the vote's label applies and the queue is only a list. A person's decisions, a
-CSV of ``video_id, label`` given as ``reviewed``, override both.
+CSV of ``video_id, label`` given as ``reviewed``, override both; a clip decided ``unusable`` is refined to
+:data:`~ecmf_ray.labels.EXCLUDED` and every model trained on the refined labels leaves it out.
 
-Outputs in ``${run_dir}/final/``: ``relabel.parquet`` (video_id, original, refined, votes, changed),
-``review_queue.csv`` (video_id, original, votes, refined) and ``relabel_flows.csv`` (how many labels
-went from each class to each other class; rows: original, columns: refined).
+Outputs in ``${run_dir}/final/``: ``relabel.parquet`` (video_id, original, refined, votes, changed: the
+clip learns another class), ``review_queue.csv`` (video_id, original, votes, refined) and
+``relabel_flows.csv`` (how many labels went from each class to each other class, or were left out;
+rows: original, columns: refined).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from ecmf_ray.enrich.sources import resolve_sources
 from ecmf_ray.enrich.text import text_label_sources
 from ecmf_ray.finalize.experiments import Experiment, VariantRequest, run_variants
 from ecmf_ray.finalize.vote import MISSING, RULES, TIE_RULES, all_disagree, relabel_vote
-from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
+from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS, EXCLUDED, LABEL_CHOICES, NUM_CLASSES
 from ecmf_ray.review.decisions import reviewed_labels
 from ecmf_ray.train.data import labels_of
 from ecmf_ray.train.outputs import PROB_COLUMNS
@@ -145,18 +147,20 @@ def refine(
 
 
 def apply_review(table: pd.DataFrame, decided: pd.Series, source: str) -> pd.DataFrame:
-    """A person's decisions (video_id -> class) replace the vote's refined labels."""
+    """A person's decisions (video_id -> class, or :data:`~ecmf_ray.labels.EXCLUDED`: left out) replace
+    the vote's refined labels."""
     unknown = decided.index.difference(table["video_id"])
     if len(unknown):
         raise ValueError(f"{source}: '{unknown[0]}' is not a labelled training video")
     refined = table["video_id"].map(decided).fillna(table["refined"])
-    return table.assign(refined=refined, changed=refined != table["original"])
+    return table.assign(refined=refined, changed=(refined != table["original"]) & (refined != EXCLUDED))
 
 
 def flows(table: pd.DataFrame) -> pd.DataFrame:
-    """Counts of original -> refined labels (rows: original, columns: refined; the diagonal unchanged)."""
+    """Counts of original -> refined labels (rows: original, columns: refined, the last column the clips
+    left out; the diagonal unchanged)."""
     counts = pd.crosstab(table["original"], table["refined"])
-    return counts.reindex(index=list(EMOTIONS), columns=list(EMOTIONS), fill_value=0).rename_axis(
+    return counts.reindex(index=list(EMOTIONS), columns=list(LABEL_CHOICES), fill_value=0).rename_axis(
         index="original", columns="refined"
     )
 
@@ -259,7 +263,8 @@ def run_relabel(
     storage.write_csv(queue, storage.join(out_dir, "review_queue.csv"))
     storage.write_text(storage.join(out_dir, "relabel_flows.csv"), flows(table).to_csv())
     logger.info(
-        "relabel: %d of %d labels changed, %d for review (rule %s; sources: %s)",
-        int(table["changed"].sum()), len(table), len(queue), rc.rule, ", ".join(votes.columns),
+        "relabel: %d of %d labels changed, %d left out, %d for review (rule %s; sources: %s)",
+        int(table["changed"].sum()), len(table), int(table["refined"].eq(EXCLUDED).sum()), len(queue),
+        rc.rule, ", ".join(votes.columns),
     )  # fmt: skip
     return table, weak

@@ -1,7 +1,8 @@
 """``${run_dir}/final/report.md`` and its plots (matplotlib, Agg backend: no display needed).
 
 Plots: ``confusion.png`` (the ensemble's out-of-fold confusion matrix), ``per_class_f1.png`` (per-class
-F1 of the ensemble and of every member), ``relabel_flows.png`` (original -> refined label counts).
+F1 of the ensemble and of every member), ``relabel_flows.png`` (original -> refined label counts, and the
+clips a person left out).
 Tables: the ensemble members, the ablation table in the shape of the paper's Table 1, the relabel flows.
 """
 
@@ -22,7 +23,7 @@ from ecmf_ray.finalize.ensemble import EnsembleResult, Variant
 from ecmf_ray.finalize.experiments import Experiment
 from ecmf_ray.finalize.relabel import parse_votes
 from ecmf_ray.finalize.scores import RowScores, row_scores, selection, truth_waf
-from ecmf_ray.labels import EMOTIONS
+from ecmf_ray.labels import EMOTIONS, EXCLUDED
 from ecmf_ray.train.outputs import fold_dir
 
 __all__ = [
@@ -216,15 +217,18 @@ def _save(fig: Any, uri: str) -> None:
     storage.write_bytes(uri, buf.getvalue())
 
 
-def _heatmap(matrix: np.ndarray, title: str, xlabel: str, ylabel: str, uri: str) -> None:
+def _heatmap(
+    matrix: np.ndarray, title: str, xlabel: str, ylabel: str, uri: str, columns: Sequence[str] = EMOTIONS
+) -> None:
+    """Rows: the classes; ``columns``: the labels of the matrix's columns."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     image = ax.imshow(matrix, cmap="Blues")
     ax.set(
-        xticks=range(len(EMOTIONS)), yticks=range(len(EMOTIONS)), title=title, xlabel=xlabel, ylabel=ylabel
+        xticks=range(len(columns)), yticks=range(len(EMOTIONS)), title=title, xlabel=xlabel, ylabel=ylabel
     )
-    ax.set_xticklabels(EMOTIONS, rotation=45, ha="right")
+    ax.set_xticklabels(columns, rotation=45, ha="right")
     ax.set_yticklabels(EMOTIONS)
     threshold = matrix.max() / 2 if matrix.size and matrix.max() else 0
     for (i, j), value in np.ndenumerate(matrix):
@@ -336,7 +340,12 @@ def relabel_section(
 ) -> list[str]:
     """Relabeling: the votes per source, the changes (``relabel_flows.png``), and how it did against truth."""
     _heatmap(
-        flows.to_numpy(), "Relabel flows", "refined", "original", storage.join(out_dir, "relabel_flows.png")
+        flows.to_numpy(),
+        "Relabel flows",
+        "refined",
+        "original",
+        storage.join(out_dir, "relabel_flows.png"),
+        list(flows.columns),
     )
     lines = [
         "## Relabeling (ECMF 3.4.1)",
@@ -344,6 +353,10 @@ def relabel_section(
         f"{int(relabel['changed'].sum())} of {len(relabel)} training labels changed by the vote; "
         f"{int(relabel['review'].sum())} samples "
         "whose every source disagrees are in `review_queue.csv`. Details: `relabel.parquet`.",
+        "",
+        f"{int(relabel['refined'].eq(EXCLUDED).sum())} clips a person marked {EXCLUDED} in review are left "
+        "out of every model trained on the refined labels: neither trained nor validated on, so none of "
+        "those rows scores them.",
         "",
         "Votes per source (a weak classifier per modality group, and each LLM source that votes):",
         "",
@@ -358,7 +371,9 @@ def relabel_section(
             f"{s['noisy_review']} noisy and {s['clean_review']} clean labels queued for review.",
             "",
         ]
-    changes = [(a, b, int(flows.loc[a, b])) for a in EMOTIONS for b in EMOTIONS if a != b and flows.loc[a, b]]
+    changes = [
+        (a, b, int(flows.loc[a, b])) for a in flows.index for b in flows.columns if a != b and flows.loc[a, b]
+    ]
     lines += [markdown_table(changes, ["from", "to", "labels"]) if changes else "No label changed.", ""]
     return [*lines, "![relabel flows](relabel_flows.png)", ""]
 

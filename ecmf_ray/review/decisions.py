@@ -1,7 +1,7 @@
 """A person's review decisions: ``${run_dir}/final/reviewed.csv`` (``video_id, label, decided_at``).
 
-The file is what ``finalize.relabel.reviewed`` reads. A label is one of the six classes or ``unusable``;
-an empty label is no decision. Each decision rewrites the whole file atomically (a local temporary file
+The file is what ``finalize.relabel.reviewed`` reads. A label is one of the six classes or ``unusable``
+(the clip is left out of training); an empty label is no decision. Each decision rewrites the whole file atomically (a local temporary file
 renamed over it, or one object-store PUT), so a reader never sees half of it; a clip decided again keeps
 its one row, with the later label and time.
 """
@@ -19,12 +19,11 @@ from omegaconf import DictConfig
 
 from ecmf_ray import storage
 from ecmf_ray.finalize.experiments import with_overrides
-from ecmf_ray.labels import EMOTIONS
+from ecmf_ray.labels import EXCLUDED, LABEL_CHOICES
 
 logger = logging.getLogger(__name__)
 
-UNUSABLE = "unusable"
-CHOICES: tuple[str, ...] = (*EMOTIONS, UNUSABLE)
+CHOICES = LABEL_CHOICES  # a reviewer picks what a label table may hold
 COLUMNS = ["video_id", "label", "decided_at"]
 
 
@@ -64,21 +63,18 @@ def read_decision_table(uri: str) -> pd.DataFrame:
 
 
 def reviewed_labels(uri: str) -> pd.Series:
-    """video_id -> class of a reviewed table, for finalize; clips marked unusable are logged and left out.
-
-    Training has no way yet to leave a labelled clip out, so an unusable clip keeps the vote's label.
-    """
+    """video_id -> class of a reviewed table, for finalize, or :data:`~ecmf_ray.labels.EXCLUDED` for a
+    clip marked unusable: every model finalize trains on the refined labels leaves it out."""
     if not storage.exists(uri):
         raise FileNotFoundError(f"{uri}: no such review decisions file")
     table = read_decision_table(uri)
-    unusable = table["video_id"][table["label"].eq(UNUSABLE)]
+    unusable = table["video_id"][table["label"].eq(EXCLUDED)]
     if len(unusable):
-        logger.warning(
-            "%s: %d clip(s) marked unusable (e.g. %s) keep the vote's label: training cannot leave them out yet",
+        logger.info(
+            "%s: %d clip(s) marked unusable (e.g. %s) are left out of training on the refined labels",
             uri, len(unusable), unusable.iloc[0],
         )  # fmt: skip
-    kept = table[table["label"].ne(UNUSABLE)]
-    return pd.Series(kept["label"].to_numpy(), index=kept["video_id"].to_numpy(), name="label")
+    return pd.Series(table["label"].to_numpy(), index=table["video_id"].to_numpy(), name="label")
 
 
 def with_review_decisions(cfg: DictConfig) -> DictConfig:

@@ -8,7 +8,8 @@ their first row.
 
 ``train.labels`` names a label table (video_id, label) that replaces the manifest's labels: a
 labelled training video takes its new class, a test or unlabelled video joins every fold's training
-rows with its (pseudo-)label and is never validated on. Folds are always drawn on the manifest's
+rows with its (pseudo-)label and is never validated on, and a video labelled ``unusable``
+(:data:`~ecmf_ray.labels.EXCLUDED`) is left out: neither trained nor validated on. Folds are always drawn on the manifest's
 labels (``train.folds``, ``seed``), whatever ``train.labels`` says, so every experiment of a run
 (ablation rows, ensemble members, weak classifiers) holds out the same videos together and their
 out-of-fold predictions can be scored against the same labels on the same folds.
@@ -26,7 +27,7 @@ import pandas as pd
 from ecmf_ray import storage
 from ecmf_ray.data.manifest import manifest_path, read_manifest
 from ecmf_ray.features import branch_dir, load_branch
-from ecmf_ray.labels import EMOTION_INDEX, EMOTIONS
+from ecmf_ray.labels import EMOTION_INDEX, LABEL_CHOICES
 from ecmf_ray.train.folds import assign_folds
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ PREDICT_SPLITS = ("test", "unlabeled")
 class FeatureSet:
     """Aligned arrays for every manifest row (manifest order).
 
-    ``labels``: class index, -1 where the row is not a labelled training row. ``folds``: held-out
-    fold of each labelled row, -1 elsewhere. ``features[b]``: ``(N, D_b)`` float32, zeros where
+    ``labels``: class index, -1 where the row is not a labelled training row (or is left out).
+    ``folds``: held-out fold of each labelled row, -1 elsewhere. ``features[b]``: ``(N, D_b)`` float32, zeros where
     ``present[:, b]`` is False.
     """
 
@@ -98,7 +99,8 @@ def labels_of(manifest: pd.DataFrame) -> np.ndarray:
 
 
 def read_label_table(uri: str) -> pd.Series:
-    """video_id -> emotion from a CSV or Parquet file (``.parquet``) with columns ``video_id, label``.
+    """video_id -> emotion (or :data:`~ecmf_ray.labels.EXCLUDED`) from a CSV or Parquet file (``.parquet``)
+    with columns ``video_id, label``.
 
     A row with an empty label is skipped (no decision). Bad files are errors naming the file and row
     (data rows, counted from 1).
@@ -115,11 +117,11 @@ def read_label_table(uri: str) -> pd.Series:
         raise ValueError(f"{uri}: missing column(s) {', '.join(missing)}; a label table has video_id, label")
     ids = df["video_id"].astype(str).str.strip()
     labels = df["label"].fillna("").astype(str).str.strip()
-    unknown = np.flatnonzero(~labels.isin(EMOTIONS) & labels.ne(""))
+    unknown = np.flatnonzero(~labels.isin(LABEL_CHOICES) & labels.ne(""))
     if len(unknown):
         row = unknown[0]
         raise ValueError(
-            f"{uri}: row {row + 1} ({ids.iloc[row]}): '{labels.iloc[row]}' is not one of {', '.join(EMOTIONS)}"
+            f"{uri}: row {row + 1} ({ids.iloc[row]}): '{labels.iloc[row]}' is not one of {', '.join(LABEL_CHOICES)}"
         )
     decided = pd.DataFrame({"video_id": ids, "label": labels})[labels.ne("")].drop_duplicates()
     repeated = np.flatnonzero(decided["video_id"].duplicated())
@@ -141,18 +143,20 @@ def replace_labels(
     """``labels`` with ``table``'s classes.
 
     A labelled training video takes its new class; a test or unlabelled video gets one too and becomes
-    a training-only row (it has no fold: folds come from the manifest's labels).
+    a training-only row (it has no fold: folds come from the manifest's labels). A video the table
+    leaves out (:data:`~ecmf_ray.labels.EXCLUDED`) gets -1, no class.
     """
     rows = pd.Index(video_ids).get_indexer(table.index)
     if (rows < 0).any():
         raise ValueError(f"{source}: video '{table.index[rows < 0][0]}' is not in the manifest")
-    pseudo_rows = rows[labels[rows] < 0]
+    classes = table.map(EMOTION_INDEX).fillna(-1).to_numpy(dtype=np.int64)
+    pseudo_rows = rows[(labels[rows] < 0) & (classes >= 0)]
     unlabelled_train = pseudo_rows[~np.isin(split[pseudo_rows], PREDICT_SPLITS)]
     if len(unlabelled_train):
         video = video_ids[unlabelled_train[0]]
         raise ValueError(f"{source}: video '{video}' is a training video without a usable manifest label")
     out = labels.copy()
-    out[rows] = table.map(EMOTION_INDEX).to_numpy()
+    out[rows] = classes
     return out
 
 
@@ -202,9 +206,12 @@ def experiment_inputs(
 
 
 def with_label_table(data: FeatureSet, labels_uri: str | None) -> FeatureSet:
-    """``data`` (on the manifest's labels) learning ``train.labels`` instead; unchanged when None."""
+    """``data`` (on the manifest's labels) learning ``train.labels`` instead; unchanged when None.
+
+    A row the table leaves out has no class and no fold: it is neither trained nor validated on.
+    """
     if not labels_uri:
         return data
     table = read_label_table(labels_uri)
     labels = replace_labels(data.video_ids, data.split, data.labels, table, f"train.labels ({labels_uri})")
-    return replace(data, labels=labels)
+    return replace(data, labels=labels, folds=np.where(labels < 0, -1, data.folds))
