@@ -225,9 +225,7 @@ def _heatmap(
 
     fig, ax = plt.subplots(figsize=(5.5, 4.8))
     image = ax.imshow(matrix, cmap="Blues")
-    ax.set(
-        xticks=range(len(columns)), yticks=range(len(EMOTIONS)), title=title, xlabel=xlabel, ylabel=ylabel
-    )
+    ax.set(xticks=range(len(columns)), yticks=range(len(EMOTIONS)), title=title, xlabel=xlabel, ylabel=ylabel)
     ax.set_xticklabels(columns, rotation=45, ha="right")
     ax.set_yticklabels(EMOTIONS)
     threshold = matrix.max() / 2 if matrix.size and matrix.max() else 0
@@ -354,9 +352,9 @@ def relabel_section(
         f"{int(relabel['review'].sum())} samples "
         "whose every source disagrees are in `review_queue.csv`. Details: `relabel.parquet`.",
         "",
-        f"{int(relabel['refined'].eq(EXCLUDED).sum())} clips a person marked {EXCLUDED} in review are left "
-        "out of every model trained on the refined labels: neither trained nor validated on, so none of "
-        "those rows scores them.",
+        f"Clips a person marked {EXCLUDED} in review: {int(relabel['refined'].eq(EXCLUDED).sum())}, left "
+        "out of every model trained on the refined labels (neither trained nor validated on, so no such "
+        "row scores them).",
         "",
         "Votes per source (a weak classifier per modality group, and each LLM source that votes):",
         "",

@@ -1,9 +1,9 @@
 """A person's review decisions: ``${run_dir}/final/reviewed.csv`` (``video_id, label, decided_at``).
 
 The file is what ``finalize.relabel.reviewed`` reads. A label is one of the six classes or ``unusable``
-(the clip is left out of training); an empty label is no decision. Each decision rewrites the whole file atomically (a local temporary file
-renamed over it, or one object-store PUT), so a reader never sees half of it; a clip decided again keeps
-its one row, with the later label and time.
+(the clip is left out of training); an empty label is no decision. Each decision rewrites the whole file
+atomically (a local temporary file renamed over it, or one object-store PUT), so a reader never sees half
+of it; a clip decided again keeps its one row, with the later label and time.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ their first row.
 ``train.labels`` names a label table (video_id, label) that replaces the manifest's labels: a
 labelled training video takes its new class, a test or unlabelled video joins every fold's training
 rows with its (pseudo-)label and is never validated on, and a video labelled ``unusable``
-(:data:`~ecmf_ray.labels.EXCLUDED`) is left out: neither trained nor validated on. Folds are always drawn on the manifest's
-labels (``train.folds``, ``seed``), whatever ``train.labels`` says, so every experiment of a run
-(ablation rows, ensemble members, weak classifiers) holds out the same videos together and their
-out-of-fold predictions can be scored against the same labels on the same folds.
+(:data:`~ecmf_ray.labels.EXCLUDED`) is left out: neither trained nor validated on. Folds are always
+drawn on the manifest's labels (``train.folds``, ``seed``), whatever ``train.labels`` says, so every
+experiment of a run (ablation rows, ensemble members, weak classifiers) holds out the same videos
+together and their out-of-fold predictions can be scored against the same labels on the same folds.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class FeatureSet:
     """Aligned arrays for every manifest row (manifest order).
 
     ``labels``: class index, -1 where the row is not a labelled training row (or is left out).
-    ``folds``: held-out fold of each labelled row, -1 elsewhere. ``features[b]``: ``(N, D_b)`` float32, zeros where
-    ``present[:, b]`` is False.
+    ``folds``: held-out fold of each labelled row, -1 elsewhere. ``features[b]``: ``(N, D_b)`` float32,
+    zeros where ``present[:, b]`` is False.
     """
 
     video_ids: np.ndarray
@@ -121,7 +121,8 @@ def read_label_table(uri: str) -> pd.Series:
     if len(unknown):
         row = unknown[0]
         raise ValueError(
-            f"{uri}: row {row + 1} ({ids.iloc[row]}): '{labels.iloc[row]}' is not one of {', '.join(LABEL_CHOICES)}"
+            f"{uri}: row {row + 1} ({ids.iloc[row]}): '{labels.iloc[row]}' is not one of "
+            f"{', '.join(LABEL_CHOICES)}"
         )
     decided = pd.DataFrame({"video_id": ids, "label": labels})[labels.ne("")].drop_duplicates()
     repeated = np.flatnonzero(decided["video_id"].duplicated())

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ecmf_ray.enrich.table import enrichment_path, write_enrichment
 from ecmf_ray.finalize.relabel import apply_review, classifier_groups, flows, llm_voters, parse_votes, refine
-from ecmf_ray.labels import EMOTIONS
+from ecmf_ray.labels import EMOTIONS, EXCLUDED
 from ecmf_ray.train.data import load_feature_set
 from ecmf_ray.train.loop import cross_validate, set_torch_threads
 
@@ -103,7 +103,12 @@ def test_review_decisions_and_flows():
     assert reviewed["changed"].tolist() == [True, False]
     counts = flows(reviewed)
     assert counts.loc["neutral", "happy"] == 1 and counts.loc["angry", "angry"] == 1
-    assert counts.to_numpy().sum() == 2 and list(counts.columns) == list(EMOTIONS)
+    assert counts.to_numpy().sum() == 2 and list(counts.columns) == [*EMOTIONS, EXCLUDED]
+    # A clip a person marks unusable is left out: no class, not a change, counted in its own column.
+    left_out = apply_review(table, pd.Series(["happy", EXCLUDED], index=["a", "b"]), "reviewed.csv")
+    assert left_out["refined"].tolist() == ["happy", EXCLUDED]
+    assert left_out["changed"].tolist() == [True, False]
+    assert flows(left_out).loc["angry", EXCLUDED] == 1 and flows(left_out).to_numpy().sum() == 2
     with pytest.raises(ValueError, match="reviewed.csv: 'z' is not a labelled training video"):
         apply_review(table, pd.Series(["angry"], index=["z"]), "reviewed.csv")
 

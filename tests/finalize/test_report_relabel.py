@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ecmf_ray.finalize.relabel import refine
-from ecmf_ray.finalize.report import source_vote_rows
+from ecmf_ray.finalize.relabel import apply_review, flows, refine
+from ecmf_ray.finalize.report import relabel_section, source_vote_rows
+from ecmf_ray.labels import EXCLUDED
 
 
 def test_votes_per_source_with_and_without_truth() -> None:
@@ -30,3 +31,16 @@ def test_votes_per_source_with_and_without_truth() -> None:
         ("audio", 2, 1, "50.00%"),
         ("av_llm_sim", 2, 1, "100.00%"),
     ]
+
+
+def test_the_relabel_section_counts_the_clips_a_person_left_out(tmp_path) -> None:
+    original = pd.Series(["happy", "sad", "angry"], index=["a", "b", "c"])
+    votes = pd.DataFrame(
+        {"audio": ["happy", "happy", "sad"], "text": ["happy", "happy", "sad"]}, index=original.index
+    )
+    table = apply_review(refine(original, votes), pd.Series([EXCLUDED], index=["c"]), "reviewed.csv")
+    lines = relabel_section(str(tmp_path), table, flows(table), None)
+    text = "\n".join(lines)
+    assert f"Clips a person marked {EXCLUDED} in review: 1, left out of every model" in text
+    assert f"| angry | {EXCLUDED} | 1 |" in text
+    assert (tmp_path / "relabel_flows.png").read_bytes()[:4] == b"\x89PNG"

@@ -129,8 +129,8 @@ def test_decisions_are_kept_once_each_and_the_later_wins(tmp_path: Path) -> None
         with pytest.raises(DecisionError):
             store.decide(video_id, label)
     assert Path(uri).read_bytes() == before
-    # finalize reads the classes; the unusable clip is left out of the label table.
-    assert reviewed_labels(uri).to_dict() == {"a": "happy"}
+    # finalize reads every decision; the unusable clip is then left out of training.
+    assert reviewed_labels(uri).to_dict() == {"a": "happy", "b": "unusable"}
 
 
 def test_a_hand_edited_table_keeps_the_latest_decision(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from safetensors import safe_open
 from sklearn.metrics import f1_score
 
 from ecmf_ray.data.manifest import manifest_path
-from ecmf_ray.labels import EMOTIONS
+from ecmf_ray.finalize.ensemble import vote
+from ecmf_ray.finalize.experiments import Experiment
+from ecmf_ray.labels import EMOTIONS, EXCLUDED
 from ecmf_ray.train.checkpoint import load_tensors, save_tensors
 from ecmf_ray.train.data import (
     align_branch,
@@ -26,7 +28,7 @@ from ecmf_ray.train.distributed import fold_concurrency
 from ecmf_ray.train.folds import assign_folds
 from ecmf_ray.train.loop import FoldRun, epoch_batches, set_torch_threads
 from ecmf_ray.train.metrics import cv_summary, waf
-from ecmf_ray.train.outputs import load_fold_model
+from ecmf_ray.train.outputs import load_fold_model, write_experiment, write_fold
 from ecmf_ray.train.standardize import apply_standardizer, fit_standardizer
 
 
@@ -137,11 +139,41 @@ def test_label_table_replaces_labels_and_adds_training_only_rows(fake_run, tmp_p
     assert set(np.flatnonzero(out.labels != data.labels)) <= {row}  # the undecided row keeps its label
 
 
+def test_an_unusable_row_is_neither_trained_nor_validated_on(fake_run, tmp_path):
+    cfg = small_config(fake_run)
+    branches = list(cfg.model.branches)
+    data = load_feature_set(fake_run, branches, 3, seed=0)
+    train_ids, test_ids = data.video_ids[data.labels >= 0], data.video_ids[data.labels < 0]
+    # Two training clips left out, one relabelled; a test clip marked unusable stays a row to predict.
+    pd.DataFrame(
+        {"video_id": [*train_ids[:3], test_ids[0]], "label": [EXCLUDED, EXCLUDED, "sad", EXCLUDED]}
+    ).to_parquet(tmp_path / "labels.parquet")  # as finalize writes the refined labels
+    out = load_feature_set(fake_run, branches, 3, seed=0, labels_uri=str(tmp_path / "labels.parquet"))
+    left_out = np.flatnonzero(np.isin(out.video_ids, train_ids[:2]))
+    assert (out.labels[left_out] == -1).all() and (out.folds[left_out] == -1).all()
+    assert out.labels[out.video_ids == train_ids[2]] == EMOTIONS.index("sad")
+    others = np.setdiff1d(np.flatnonzero(data.labels >= 0), left_out)
+    np.testing.assert_array_equal(out.folds[others], data.folds[others])  # every other fold as it was
+    assert test_ids[0] in out.video_ids[out.predict_rows()]
+    model_cfg, train_cfg = OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.train)
+    for fold in range(out.n_folds):
+        for select in ("inner", "fold"):
+            run = FoldRun(out, fold, model_cfg, {**train_cfg, "select_epoch": select}, seed=0)
+            assert not set(left_out) & {*run.train_rows, *run.val_rows, *run.select_rows}
+        write_fold(str(tmp_path / "exp"), run, out)  # untrained: only which rows it predicts matters
+    # No out-of-fold prediction of a left-out clip, so the ensemble's vote and every score never see it.
+    write_experiment(str(tmp_path / "exp"), out)
+    experiment = Experiment.read("member", str(tmp_path / "exp"))
+    assert len(experiment.oof) == len(train_ids) - 2 and experiment.oof["label"].isin(EMOTIONS).all()
+    learnt = vote([experiment, experiment]).oof.set_index("video_id")["label"]
+    assert not set(train_ids[:2]) & set(learnt.index) and learnt[train_ids[2]] == "sad"
+
+
 @pytest.mark.parametrize(
     ("rows", "error"),
     [
         ("video_id,emotion\nv1,happy\n", "missing column.*label"),
-        ("video_id,label\nv1,happy\nv2,bored\n", "row 2 \\(v2\\): 'bored' is not one of"),
+        ("video_id,label\nv1,unusable\nv2,bored\n", "row 2 \\(v2\\): 'bored' is not one of .*, unusable"),
         ("video_id,label\nv1,happy\nv1,sad\n", "row 2: 'v1' appears again"),
     ],
 )
