@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=7369, help="labelled videos (MER2025: 7,369)")
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--device", default="cpu", help="torch device of the fold (cuda for the GPU figure)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args()
 
@@ -53,7 +54,12 @@ def main() -> None:
     set_torch_threads(1)
     data = load_feature_set(run_dir, list(cfg.model.branches), folds, int(cfg.seed))
     run = FoldRun(
-        data, 0, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.train), int(cfg.seed)
+        data,
+        0,
+        OmegaConf.to_container(cfg.model),
+        OmegaConf.to_container(cfg.train),
+        int(cfg.seed),
+        device=args.device,
     )
     cpu, wall = time.process_time(), time.perf_counter()
     while not run.done:
@@ -65,6 +71,7 @@ def main() -> None:
     figures = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "device": args.device,
         "train_rows": len(run.train_rows),
         "dims": data.dims,
         "epochs": run.epoch,

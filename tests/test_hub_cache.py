@@ -7,7 +7,6 @@ ship only ``pytorch_model.bin`` (RoBERTa as hfl publishes it: a BertForMaskedLM,
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -22,15 +21,10 @@ import torch
 from ecmf_ray import features, hub
 from ecmf_ray.config import load_config
 from ecmf_ray.data.synth import synthesize
+from ecmf_ray.testing.hf_cache import bin_bytes, write_hub_repo
 
 DEFAULT_IDS = dict(load_config().models)  # configs/base.yaml's model ids, as a user runs them
 REPO = Path(__file__).resolve().parents[1]
-
-
-def bin_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    return buffer.getvalue()
 
 
 def folder_files(folder: str, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
@@ -68,22 +62,6 @@ def roberta_files(tiny_cache: str) -> tuple[dict[str, bytes], dict[str, torch.Te
     files = folder_files(tiny, skip=("model.safetensors", "config.json"))
     files |= {"config.json": model.config.to_json_string().encode(), "pytorch_model.bin": bin_bytes(state)}
     return files, state
-
-
-def write_hub_repo(hub_dir: Path, repo_id: str, files: dict[str, bytes]) -> Path:
-    """One model repo in huggingface_hub's cache layout; returns its snapshot folder."""
-    repo = hub_dir / f"models--{repo_id.replace('/', '--')}"
-    revision = hashlib.sha1(b"".join(hashlib.sha1(files[n]).digest() for n in sorted(files))).hexdigest()
-    snapshot = repo / "snapshots" / revision
-    (repo / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    return snapshot
 
 
 @pytest.fixture(scope="module")

@@ -125,32 +125,43 @@ def build_hf_home(home: Path, ids: dict[str, str], scale: str, tiny_cache: str) 
     return home
 
 
-def _clip_files(folder: Path, scale: str, tiny_cache: str) -> dict[str, bytes | Path]:
-    from transformers import CLIPConfig, CLIPModel
+def checkpoint_model(kind: str, scale: str) -> Any:
+    """The model class a repo publishes (CLIPModel, HubertModel, BertForMaskedLM) at ``scale``, seeded.
 
+    Under ``with torch.device("meta"):`` it counts parameters without memory.
+    """
+    from transformers import BertConfig, BertForMaskedLM, CLIPConfig, CLIPModel, HubertConfig, HubertModel
+
+    _check_scale(scale)
     vision = _CLIP_VISION[scale]
-    config = CLIPConfig(
-        text_config=_CLIP_TEXT[scale], vision_config=vision, projection_dim=vision["projection_dim"]
-    )
     with hub._seeded(0):
-        CLIPModel(config).save_pretrained(folder)
+        if kind == "clip":
+            text = _CLIP_TEXT[scale]
+            return CLIPModel(
+                CLIPConfig(text_config=text, vision_config=vision, projection_dim=vision["projection_dim"])
+            )
+        if kind == "hubert":
+            return HubertModel(HubertConfig(**_HUBERT[scale], architectures=["HubertModel"]))
+        if kind == "roberta":
+            return BertForMaskedLM(BertConfig(**_BERT[scale], architectures=["BertForMaskedLM"]))
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {hub.MODEL_KINDS}")
+
+
+def _clip_files(folder: Path, scale: str, tiny_cache: str) -> dict[str, bytes | Path]:
+    checkpoint_model("clip", scale).save_pretrained(folder)
     files = _listing(folder, ("config.json", "model.safetensors"))
     return files | _tiny_files("clip", tiny_cache, ("preprocessor_config.json",))
 
 
 def _hubert_files(folder: Path, scale: str, tiny_cache: str) -> dict[str, bytes | Path]:
-    from transformers import HubertConfig, HubertModel
-
-    with hub._seeded(0):
-        model = HubertModel(HubertConfig(**_HUBERT[scale], architectures=["HubertModel"]))
+    model = checkpoint_model("hubert", scale)
     return _bin_repo(folder, model) | _tiny_files("hubert", tiny_cache, ("preprocessor_config.json",))
 
 
 def _roberta_files(folder: Path, scale: str, tiny_cache: str) -> dict[str, bytes | Path]:
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+    from transformers import BertTokenizer
 
-    with hub._seeded(0):
-        model = BertForMaskedLM(BertConfig(**_BERT[scale], architectures=["BertForMaskedLM"]))
+    model = checkpoint_model("roberta", scale)
     vocab = bert_vocab()
     tokenizer_dir = folder / "tokenizer"
     tokenizer_dir.mkdir()
