@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ ECMF = str(BIN / "ecmf")
 BRANCHES = ("frame", "face", "audio", "text")
 ENCODERS = ("ClipEncoder", "HubertEncoder", "RobertaEncoder")
 EPOCHS = 200  # per fold in the training test
-# Blocks and shards of 4 videos: many shards, so the node dies with work done, in flight and still to come.
+# Blocks and shards of 4 videos: many of each, so the lost node holds some of the work and the rest goes on.
 EXTRACT_SMALL = (
     *(f"extract.{stage}.batch_size=4" for stage in ("decode", "clip", "hubert", "roberta")),
     "extract.write.videos_per_file=4",
@@ -91,6 +92,63 @@ def lose_a_node(cluster: RayProcesses, group: int) -> None:
     wait_for(lambda: len(alive_nodes(cluster)) == nodes - 1, 120, 1, "Ray to mark the node dead")
 
 
+def work_by_node(cluster: RayProcesses, actor_classes: tuple[str, ...], tasks: bool) -> dict[str, list[str]]:
+    """What runs on each node now, from the State API: live actors of ``actor_classes`` and (with
+    ``tasks``) running tasks, by node id."""
+    found: dict[str, list[str]] = {}
+    for actor in state(cluster, "actors", "state=ALIVE"):
+        # Ray Data's pool actors are _MapWorker, named after their class in repr_name.
+        name = actor.get("repr_name") or actor["class_name"]
+        if any(c in f"{actor['class_name']} {name}" for c in actor_classes):
+            found.setdefault(actor["node_id"], []).append(f"actor {name}")
+    for task in state(cluster, "tasks", "state=RUNNING") if tasks else ():
+        found.setdefault(task["node_id"], []).append(f"task {task['name']}")
+    return found
+
+
+def work_on_one_of(
+    cluster: RayProcesses, groups: list[int], job: subprocess.Popen, log: Path, timeout: float, **what: Any
+) -> tuple[int, list[str]]:
+    """The first of ``groups`` (worker nodes) seen holding one of the run's actors (:func:`work_by_node`)
+    while ``job`` runs, and its work: the node to lose. Fails at once, with the job's log, if the job
+    ends first."""
+    ids = {cluster.node_id(g): g for g in groups}
+    polls: list[str] = []  # what each look found, by node: the failure message if none finds work in time
+    started = time.monotonic()
+
+    def busy() -> tuple[int, list[str]] | None:
+        if job.poll() is not None:
+            raise AssertionError(
+                f"the job ended before work was seen on a worker node; looks: {polls}\n{log.read_text()[-3000:]}"
+            )
+        found = work_by_node(cluster, **what)
+        counts = {str(node)[:8]: len(work) for node, work in found.items()}
+        polls.append(f"{time.monotonic() - started:.0f}s {counts}")
+        # A node holds the run's work once one of its actors is there (running tasks come and go too
+        # fast to be the sign on their own, but are listed with it).
+        return next(
+            (
+                (ids[n], work)
+                for n, work in found.items()
+                if n in ids and any(w.startswith("actor ") for w in work)
+            ),
+            None,
+        )
+
+    return wait_for(busy, timeout, 0.2, "work on a worker node")
+
+
+def end_nodes(cluster: RayProcesses, groups: list[int], job: subprocess.Popen | None) -> None:
+    """After a run, passed or failed: its driver (if still running) and the worker nodes it added, so that
+    the next test on the shared head starts with none."""
+    if job is not None and job.poll() is None:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    cluster.remember()
+    for node in groups:
+        cluster.stop_node(node)
+
+
 @dataclass
 class ExtractRun:
     run_dir: Path
@@ -99,42 +157,33 @@ class ExtractRun:
     in_flight: list[str]  # what the State API showed running on that node just before
 
 
-def extraction_work_on(cluster: RayProcesses, node_id: str) -> list[str]:
-    """What the extraction runs on a node now, from the State API: running tasks and live encoder actors."""
-    tasks = state(cluster, "tasks", f"node_id={node_id}", "state=RUNNING")
-    actors = state(cluster, "actors", f"node_id={node_id}", "state=ALIVE")
-    encoders = [a["repr_name"] for a in actors if any(e in (a.get("repr_name") or "") for e in ENCODERS)]
-    return [f"task {t['name']}" for t in tasks] + [f"actor {name}" for name in encoders]
-
-
 def extract_run(cluster: RayProcesses, tmp: Path, lose_node: bool) -> ExtractRun:
-    """`ecmf extract` of 40 synthetic clips on two 2-CPU worker nodes; with ``lose_node``, one of them is
-    killed once the first shard is written and the State API shows extraction work on it."""
+    """`ecmf extract` of 40 synthetic clips on two 2-CPU worker nodes; with ``lose_node``, the first node the
+    State API shows holding a loaded encoder (with the decoded clips queued for it) is killed.
+
+    Not later: the encoders load their models while every clip is decoded, then encode and write all
+    shards within seconds, too short a window to aim at from outside."""
     synthesize(str(tmp / "mer"), 30, unlabeled=10, seed=5, duration_s=2.0)
     run = [f"run_dir={tmp / 'run'}", f"dataset.root={tmp / 'mer'}"]
     finish(ecmf(cluster, "prepare", *run, log=tmp / "prepare.log"), tmp / "prepare.log", 300)
-    doomed, survivor = cluster.add_worker(num_cpus=2), cluster.add_worker(num_cpus=2)
-    doomed_id = cluster.node_id(doomed)
-
-    started = time.monotonic()
-    extract = ecmf(cluster, "extract", *run, *EXTRACT_SMALL, log=tmp / "extract.log")
-    shards = tmp / "run" / "features" / "_shards"
-    wait_for(lambda: extract.poll() is None and any(shards.glob("*.parquet")), 600, 0.2, "the first shard")
-    in_flight: list[str] = []
-    if lose_node:
-        in_flight = wait_for(
-            lambda: extract.poll() is None and extraction_work_on(cluster, doomed_id), 300, 0.5,
-            "extraction work on the node to lose",
-        )  # fmt: skip
-    shards_before = len(list(shards.glob("*.parquet")))
-    if lose_node:
-        lose_a_node(cluster, doomed)
-    finish(extract, tmp / "extract.log", 900)
-    seconds = time.monotonic() - started
-    cluster.remember()
-    for node in (survivor,) if lose_node else (survivor, doomed):
-        cluster.stop_node(node)
-    return ExtractRun(tmp / "run", seconds, shards_before, in_flight)
+    workers, extract = [cluster.add_worker(num_cpus=2), cluster.add_worker(num_cpus=2)], None
+    try:
+        started = time.monotonic()
+        log = tmp / "extract.log"
+        extract = ecmf(cluster, "extract", *run, *EXTRACT_SMALL, log=log)
+        shards = tmp / "run" / "features" / "_shards"
+        in_flight: list[str] = []
+        if lose_node:
+            doomed, in_flight = work_on_one_of(
+                cluster, workers, extract, log, 600, actor_classes=ENCODERS, tasks=True
+            )
+        shards_before = len(list(shards.glob("*.parquet")))
+        if lose_node:
+            lose_a_node(cluster, doomed)
+        finish(extract, log, 900)
+        return ExtractRun(tmp / "run", time.monotonic() - started, shards_before, in_flight)
+    finally:
+        end_nodes(cluster, workers, extract)
 
 
 def uninterrupted_extract(run: ExtractRun, tmp: Path) -> Path:
@@ -182,7 +231,7 @@ def test_extraction_survives_a_lost_node(head: RayProcesses, tmp_path: Path):
     run = extract_run(head, tmp_path, lose_node=True)
     print(f"\nextract with a lost node: {run.seconds:.0f} s; on that node before the kill: {run.in_flight}")
     manifest = pd.read_parquet(run.run_dir / "manifest.parquet")
-    assert run.in_flight  # the node died with extraction work on it
+    assert run.in_flight  # the node died holding an encoder of the run
     assert run.shards_before < len(manifest) // 4  # and mid-run: fewer shards than 4-video blocks
     assert_journal_holds_each_video_once(run.run_dir, manifest["video_id"].tolist())
     errors = pd.read_parquet(features.errors_path(str(run.run_dir)))
@@ -197,34 +246,44 @@ class TrainRun:
     seconds: float
     metrics: dict
     output: str
+    in_flight: list[str]  # what the State API showed on the lost node just before
 
 
 def train_run(cluster: RayProcesses, tmp: Path, lose_node: bool) -> TrainRun:
-    """`ecmf train`, 2 folds side by side on two 1-CPU worker nodes; with ``lose_node``, one node is killed
-    once each fold has a checkpoint, and a replacement joins (what an autoscaler would bring)."""
+    """`ecmf train`, 2 folds side by side on two 1-CPU worker nodes; with ``lose_node``, once each fold has
+    a checkpoint, a node the State API shows holding a fold's training worker is killed, and a
+    replacement joins (what an autoscaler would bring)."""
     run_dir = str(tmp / "run")
     write_fake_run(run_dir, n_train=240, n_test=30, separation=4.0)
     # Each fold's start-up takes ~30 s on 2 cores, so the folds get enough epochs (~35 s) that both are
     # still training when the second one checkpoints.
-    doomed = cluster.add_worker(num_cpus=1)
-    cluster.add_worker(num_cpus=1)
-    started = time.monotonic()
-    train = ecmf(cluster, "train", f"run_dir={run_dir}", *TRAIN_SMALL, log=tmp / "train.log")
-    exp_dir = Path(run_dir, "train", "ecmf")
-    wait_for(
-        lambda: train.poll() is None and len(list(exp_dir.glob("ray/fold*/checkpoint_manager_snapshot.json"))) == 2,
-        600, 0.2, "a checkpoint of each fold",
-    )  # fmt: skip
-    assert not list(exp_dir.glob("folds/fold*/result.json")), (
-        "a fold ended before the other began: no node to lose"
-    )
-    if lose_node:
-        lose_a_node(cluster, doomed)
-        cluster.add_worker(num_cpus=1)
-    output = finish(train, tmp / "train.log", 900)
-    seconds = time.monotonic() - started
-    cluster.remember()
-    return TrainRun(run_dir, seconds, json.loads((exp_dir / "metrics.json").read_text()), output)
+    workers, train = [cluster.add_worker(num_cpus=1), cluster.add_worker(num_cpus=1)], None
+    try:
+        started = time.monotonic()
+        log = tmp / "train.log"
+        train = ecmf(cluster, "train", f"run_dir={run_dir}", *TRAIN_SMALL, log=log)
+        exp_dir = Path(run_dir, "train", "ecmf")
+        wait_for(
+            lambda: train.poll() is None
+            and len(list(exp_dir.glob("ray/fold*/checkpoint_manager_snapshot.json"))) == 2,
+            600, 0.2, "a checkpoint of each fold",
+        )  # fmt: skip
+        assert not list(exp_dir.glob("folds/fold*/result.json")), (
+            "a fold ended before the other began: no node to lose"
+        )
+        in_flight: list[str] = []
+        if lose_node:
+            doomed, in_flight = work_on_one_of(
+                cluster, workers, train, log, 120, actor_classes=("RayTrainWorker",), tasks=False
+            )
+            lose_a_node(cluster, doomed)
+            workers.append(cluster.add_worker(num_cpus=1))
+        output = finish(train, log, 900)
+        seconds = time.monotonic() - started
+        metrics = json.loads((exp_dir / "metrics.json").read_text())
+        return TrainRun(run_dir, seconds, metrics, output, in_flight)
+    finally:
+        end_nodes(cluster, workers, train)
 
 
 def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: RayProcesses, tmp_path: Path):
@@ -232,7 +291,8 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
     from ecmf_ray.train.loop import cross_validate, set_torch_threads
 
     run = train_run(head, tmp_path, lose_node=True)
-    print(f"\ntrain with a lost node: {run.seconds:.0f} s")
+    print(f"\ntrain with a lost node: {run.seconds:.0f} s; on that node before the kill: {run.in_flight}")
+    assert run.in_flight  # the node died holding a fold's training worker
     resumed = [f for f in run.metrics["per_fold"] if f["resumed_from_epoch"] > 0]
     # The lost node's fold (and any fold whose trial ran there) went on from its last checkpoint.
     assert resumed, run.output[-3000:]
