@@ -1,9 +1,8 @@
 """``ecmf review`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, via Selenium),
 on a finished run: play a clip, decide clips by click and by keyboard, reload, then finalize applies them.
 
-The run is the finalize tests' noisy feature run (no real features: extraction is not under test) with
-real H.264/AAC clips from ``ecmf synth`` as its videos, finalized with the fewest experiments that give a
-review queue: two weak classifiers and one ensemble member, 2 folds each.
+The run is a copy of the session's finished pipeline run (tests/finished_run.py): real H.264/AAC clips
+from ``ecmf synth``, two weak classifiers whose unanimous disagreements make the review queue.
 """
 
 from __future__ import annotations
@@ -19,14 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_features import SMALL, small_config
-from noisy_run import write_noisy_run
 
-from ecmf_ray.data.manifest import manifest_path, read_manifest, write_manifest
-from ecmf_ray.data.synth import synthesize
-from ecmf_ray.finalize.experiments import with_overrides
 from ecmf_ray.finalize.job import run_finalize
 from ecmf_ray.labels import EMOTIONS
+from tests.finished_run import FinishedRun, copy_run
 
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -34,39 +29,21 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
 )
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "review.png"
-FINALIZE = [
-    "train.folds=2",
-    "train.max_epochs=10",
-    "finalize.relabel.classifiers=[audio,text]",
-    "finalize.ensemble=[{name: ecmf}]",
-    "finalize.ablation=[]",
-]
-
-
-@pytest.fixture(scope="module")
-def finished_run(ray_cluster, tmp_path_factory):
-    """A finalized noisy run whose clips are real videos (6 synthetic mp4s, shared round-robin)."""
-    root = tmp_path_factory.mktemp("review_run")
-    run_dir = str(root / "run")
-    write_noisy_run(run_dir, noise=0.15, n_train=120, n_test=10, p_informative=0.8, separation=5.0)
-    synthesize(str(root / "synth"), 6, seed=0, duration_s=3.0)
-    videos = sorted(str(p) for p in (root / "synth" / "video").glob("*.mp4"))
-    manifest = read_manifest(manifest_path(run_dir))
-    manifest["video_path"] = [videos[i % len(videos)] for i in range(len(manifest))]
-    manifest["text"] = [f"第{i}句台词" for i in range(len(manifest))]
-    write_manifest(manifest, manifest_path(run_dir))
-    cfg = small_config(run_dir, *FINALIZE)
-    run_finalize(cfg)
-    return run_dir, cfg
+# The finalize after the review retrains only what the decisions change and the test reads: one member.
+AFTER_REVIEW = ["finalize.ensemble=[{name: ecmf}]", "finalize.ablation=[]", "finalize.pseudo.enabled=false"]
 
 
 @pytest.fixture
-def review_url(finished_run):
+def reviewed_run(finished_run: FinishedRun, tmp_path: Path) -> FinishedRun:
+    """A copy of the session's finished run, for the review to write into and finalize to change."""
+    return copy_run(finished_run, tmp_path / "run")
+
+
+@pytest.fixture
+def review_url(reviewed_run: FinishedRun):
     """``ecmf review`` on the run, as a user starts it, on a free loopback port; its printed URL."""
-    run_dir, _ = finished_run
-    args = [sys.executable, "-m", "ecmf_ray.cli", "review", "--config", "local", f"run_dir={run_dir}"]
     server = subprocess.Popen(
-        [*args, *SMALL, *FINALIZE, "review.port=0"],
+        [sys.executable, "-m", "ecmf_ray.cli", "review", *reviewed_run.args, "review.port=0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -149,8 +126,8 @@ def shown_decisions(driver) -> dict[str, str]:
     )
 
 
-def test_review_in_a_browser_then_finalize_applies_it(finished_run, review_url, browser):
-    run_dir, cfg = finished_run
+def test_review_in_a_browser_then_finalize_applies_it(reviewed_run, review_url, browser):
+    run_dir = reviewed_run.run_dir
     url, log = review_url
     reviewed = Path(run_dir, "final", "reviewed.csv")
     base, token = url.split("/?token=")
@@ -220,7 +197,7 @@ def test_review_in_a_browser_then_finalize_applies_it(finished_run, review_url, 
     assert reviewed.read_bytes() == before
 
     # finalize with the decisions: the refined labels are the person's, and the members learnt them.
-    run_finalize(with_overrides(cfg, [f"finalize.relabel.reviewed={reviewed}"], "test"))
+    run_finalize(reviewed_run.config(*AFTER_REVIEW, f"finalize.relabel.reviewed={reviewed}"))
     relabel = pd.read_parquet(Path(run_dir, "final", "relabel.parquet")).set_index("video_id")
     assert relabel.loc[list(expected), "refined"].to_dict() == expected
     assert relabel.loc[list(expected), "changed"].all()
