@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,9 +20,9 @@ from ecmf_ray import features, hub
 from ecmf_ray.config import load_config
 from ecmf_ray.data.synth import synthesize
 from ecmf_ray.testing.hf_cache import bin_bytes, write_hub_repo
+from tests.offline_cli import offline_ecmf
 
 DEFAULT_IDS = dict(load_config().models)  # configs/base.yaml's model ids, as a user runs them
-REPO = Path(__file__).resolve().parents[1]
 
 
 def folder_files(folder: str, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
@@ -139,19 +137,9 @@ def test_safetensors_win_over_a_bin(tmp_path: Path, tiny_cache: str) -> None:
 
 def test_extract_with_the_default_hub_ids_offline(tmp_path: Path, hf_home: Path) -> None:
     """`ecmf prepare` + `ecmf extract` with configs/base.yaml's models, offline, all four branches."""
-    data, run, home = tmp_path / "data", tmp_path / "run", tmp_path / "home"
-    home.mkdir()
+    data, run = tmp_path / "data", tmp_path / "run"
     synthesize(str(data), 2, unlabeled=1, duration_s=2.0, width=160, height=120)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    # HOME too: the model cache (~/.cache/ecmf_ray) and Ray's files stay in the test's folder.
-    env |= {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HOME": str(home), "RAY_DEDUP_LOGS": "0"}
-
-    def ecmf(*args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "ecmf_ray.cli", *args], cwd=REPO, env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
+    ecmf = offline_ecmf(hf_home, tmp_path / "home")
     ecmf("prepare", f"run_dir={run}", f"dataset.root={data}")
     # Only sizes shrink: Ray's logical CPUs (one per encoder actor, as base.yaml reserves), frames, batches.
     ecmf(

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,9 +22,9 @@ from ecmf_ray import features
 from ecmf_ray.config import load_config
 from ecmf_ray.data.synth import synthesize
 from ecmf_ray.testing import hf_cache
+from tests.offline_cli import offline_ecmf
 
 DEFAULT_IDS = dict(load_config().models)
-REPO = Path(__file__).resolve().parents[2]
 WIDTH = hf_cache.architectures("reduced")["hubert"]["hidden_size"]
 LAYERS = "16,17,18,19,20,21"
 
@@ -68,18 +66,9 @@ def test_cache_is_laid_out_as_the_real_repos(hf_home: Path) -> None:
 
 
 def test_extract_through_the_default_ids(tmp_path: Path, hf_home: Path) -> None:
-    data, run, home = tmp_path / "data", tmp_path / "run", tmp_path / "home"
-    home.mkdir()
+    data, run = tmp_path / "data", tmp_path / "run"
     synthesize(str(data), 1, unlabeled=1, duration_s=2.0, width=160, height=120, hide_prob=0.0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env |= {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HOME": str(home), "RAY_DEDUP_LOGS": "0"}
-
-    def ecmf(*args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "ecmf_ray.cli", *args], cwd=REPO, env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
+    ecmf = offline_ecmf(hf_home, tmp_path / "home")
     ecmf("prepare", "--config", "workstation", f"run_dir={run}", f"dataset.root={data}")
     ecmf(
         "extract",
