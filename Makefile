@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 # (several GB); for the CPU build use TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu",
 # for another CUDA version e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
 TORCH ?= torch==2.13.0
+# pytest-xdist workers for `make test`: two keep CI's 2 cores busy while one waits on Ray (process
+# start-up, a cluster's heartbeats). Each worker has its own local Ray cluster; tests/conftest.py keeps
+# a module's tests, and every reader of the shared finished run, on one worker.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint
 
@@ -29,4 +33,4 @@ lint: install
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup

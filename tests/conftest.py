@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.xdist_groups import mark_xdist_groups
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray 2.60 turns token auth on for every local cluster and, finding no token, writes one to
 # ~/.ray/auth_token. Every cluster the tests start (here and in subprocesses) uses this run's own token
@@ -24,7 +26,9 @@ os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_TOKEN_DIR, "auth_token")
 # Every process the tests start (Ray's included) gets a HOME of its own under a temp dir, so caches that
 # default to ~ (storage.model_cache's tiny models, matplotlib's) stay out of the real one;
 # `_real_home_unchanged` checks that nothing wrote there by any other path.
-_REAL_HOME = os.path.expanduser("~")
+# pytest-xdist's workers inherit the HOME set below from the process that starts them: the real one is
+# passed on by name.
+_REAL_HOME = os.environ.setdefault("ECMF_TESTS_REAL_HOME", os.path.expanduser("~"))
 _TEST_HOME = tempfile.mkdtemp(prefix="ecmf-tests-home-")
 atexit.register(shutil.rmtree, _TEST_HOME, True)
 os.environ["HOME"] = _TEST_HOME
@@ -51,6 +55,11 @@ def _changed_since(folder: str, since_ns: int) -> list[str]:
         except FileNotFoundError:  # deleted while walking: its folder's change is reported
             continue
     return changed
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_xdist_groups(items)
 
 
 @pytest.fixture(scope="session", autouse=True)

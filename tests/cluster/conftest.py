@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_processes import free_port
+from ray_processes import agent_ports, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -114,30 +115,37 @@ def _end_session(sid: int) -> None:
 
 
 @contextmanager
-def start_head(temp_dir: Path, env: Mapping[str, str], num_cpus: int = 2) -> Iterator[str]:
-    """`ray start --head` on free ports under ``temp_dir``, in a session of its own; yields the dashboard
-    (Jobs API) URL.
+def start_head(logs: Path, env: Mapping[str, str], num_cpus: int = 2) -> Iterator[str]:
+    """`ray start --head` on free ports, in a session of its own; yields the dashboard (Jobs API) URL. Its
+    logs are copied to ``logs`` when it stops.
 
-    Its own --temp-dir keeps it out of /tmp/ray, so other tests' `ray.init` never attach to it. Without
-    --block, as on a node: on a loaded machine a side process (the Ray client server) may time out while
-    starting, and --block would then take the whole head down.
+    Its own --temp-dir keeps it out of /tmp/ray, so other tests' `ray.init` never attach to it: a short one,
+    as Ray's socket paths must fit in 107 bytes (pytest's temp paths, with xdist's worker folder, don't).
+    Without --block, as on a node: on a loaded machine a side process (the Ray client server) may time
+    out while starting, and --block would then take the whole head down.
     """
+    temp_dir = Path(tempfile.mkdtemp(prefix="ecmf-head-"))
     dashboard = free_port()
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
-         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--dashboard-agent-listen-port", str(free_port()), "--include-dashboard=true",
-         "--temp-dir", str(temp_dir)],
-        env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
+    for attempt in range(3):
+        head = subprocess.Popen(
+            [RAY, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
+             "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+             "--include-dashboard=true", "--temp-dir", str(temp_dir), *agent_ports()],
+            env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
         output, _ = head.communicate(timeout=600)
-        assert head.returncode == 0, output[-3000:]
+        if head.returncode == 0:
+            break
+        _end_session(head.pid)
+        # Ray gives a node's agents 15 s to start, which a loaded machine can exceed: start it again.
+        assert attempt < 2 and "timed out during startup" in output, output[-3000:]
+    try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        head.kill()
-        head.wait()
         _end_session(head.pid)
+        for session_logs in temp_dir.glob("session_*/logs"):
+            shutil.copytree(session_logs, logs / session_logs.parent.name, dirs_exist_ok=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
