@@ -43,7 +43,7 @@ def test_workstation_profile_shares_one_gpu() -> None:
     assert cfg.models.clip == "openai/clip-vit-large-patch14"
     # Fits the test cluster of the logical-GPU run (2 CPUs, 1 GPU) and a real 8-core workstation.
     resources.check_pools_fit(cfg, resources.Capacity((1.0,), 2.0, 8192, "2 CPUs, 8 GB"))
-    with pytest.raises(resources.PoolsDoNotFit, match=r"5632 MB of memory.*4096"):
+    with pytest.raises(resources.PoolsDoNotFit, match=r"6784 MB of memory.*4096"):
         resources.check_pools_fit(cfg, resources.Capacity((1.0,), 2.0, 4096, "4 GB"))
     assert cfg.train.max_concurrent_folds * cfg.train.cpus_per_worker <= 8
     assert cfg.tune.max_concurrent_trials * cfg.tune.cpus_per_trial <= 8
