@@ -33,4 +33,4 @@ lint: install
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup

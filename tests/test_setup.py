@@ -24,7 +24,7 @@ def make_plan(tmp_path: Path, target: str, *args: str) -> list[str]:
 def test_make_demo_and_test_install_into_a_project_venv(tmp_path: Path):
     for target, last in (
         ("demo", ".venv/bin/python -m ecmf_ray.cli demo"),
-        ("test", ".venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder"),
+        ("test", ".venv/bin/python -m pytest -q -n 2 --dist loadgroup"),
     ):
         plan = make_plan(tmp_path, target)
         assert plan[0].startswith("python3 -m venv .venv"), plan

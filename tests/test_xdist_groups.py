@@ -55,31 +55,3 @@ def test_modules_and_the_shared_run_each_stay_on_one_worker(tmp_path: Path):
         workers.setdefault(group, set()).add(worker)
     assert all(len(w) == 1 for w in workers.values()), workers
     assert len({w for ws in workers.values() for w in ws}) == 2  # and the work was shared out
-
-
-def test_the_slowest_groups_go_first_and_the_rest_keep_their_order():
-    from tests.xdist_groups import SLOWEST, mark_xdist_groups
-
-    class Item:
-        def __init__(self, nodeid: str, fixturenames: tuple[str, ...] = ()):
-            self.nodeid, self.fixturenames, self.marks = nodeid, fixturenames, []
-
-        def add_marker(self, mark) -> None:
-            self.marks.append(mark)
-
-    items = [
-        Item("tests/test_a.py::test_1"),
-        Item(f"{SLOWEST[2]}::test_1"),
-        Item("tests/test_b.py::test_1", ("finished_run",)),
-        Item("tests/test_a.py::test_2"),
-        Item(f"{SLOWEST[1]}::test_1"),
-    ]
-    mark_xdist_groups(items)
-    assert [i.nodeid for i in items] == [
-        "tests/test_b.py::test_1",
-        f"{SLOWEST[1]}::test_1",
-        f"{SLOWEST[2]}::test_1",
-        "tests/test_a.py::test_1",
-        "tests/test_a.py::test_2",
-    ]
-    assert items[0].marks[0].args == ("finished_run",) and items[3].marks[0].args == ("tests/test_a.py",)
