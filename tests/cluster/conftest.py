@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_processes import agent_ports, free_port
+from ray_processes import STARTUP_TIMED_OUT, agent_ports, free_port, keep_logs_and_remove
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -138,14 +138,12 @@ def start_head(logs: Path, env: Mapping[str, str], num_cpus: int = 2) -> Iterato
             break
         _end_session(head.pid)
         # Ray gives a node's agents 15 s to start, which a loaded machine can exceed: start it again.
-        assert attempt < 2 and "timed out during startup" in output, output[-3000:]
+        assert attempt < 2 and STARTUP_TIMED_OUT in output, output[-3000:]
     try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         _end_session(head.pid)
-        for session_logs in temp_dir.glob("session_*/logs"):
-            shutil.copytree(session_logs, logs / session_logs.parent.name, dirs_exist_ok=True)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        keep_logs_and_remove(temp_dir, logs)
 
 
 @dataclass(frozen=True)

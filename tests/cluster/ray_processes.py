@@ -91,6 +91,18 @@ def agent_ports() -> list[str]:
     ]  # fmt: skip
 
 
+# What `ray start` says when a node's agents took longer than the 15 s Ray gives them: worth a retry.
+STARTUP_TIMED_OUT = "timed out during startup"
+
+
+def keep_logs_and_remove(temp_dir: Path, logs: Path) -> None:
+    """A stopped node's Ray temp dir: its session logs copied under ``logs`` (they stay with the test's
+    files), then the folder removed."""
+    for session_logs in temp_dir.glob("session_*/logs"):
+        shutil.copytree(session_logs, logs / session_logs.parent.name, dirs_exist_ok=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def process_name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -138,7 +150,7 @@ class RayProcesses:
             if code == 0:
                 return proc.pid
             self.stop_node(proc.pid)
-            if attempt == attempts - 1 or "timed out during startup" not in log.read_text():
+            if attempt == attempts - 1 or STARTUP_TIMED_OUT not in log.read_text():
                 raise RuntimeError(f"ray start failed:\n{log.read_text()[-3000:]}")
         raise AssertionError("unreachable")
 
@@ -213,10 +225,7 @@ class RayProcesses:
             if fields and fields[19] == started:  # still that process, not a reused pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        # Ray's logs stay with the test's files; its folder goes.
-        for logs in Path(self.temp_dir).glob("session_*/logs"):
-            shutil.copytree(logs, self.tmp / "ray_logs" / logs.parent.name, dirs_exist_ok=True)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        keep_logs_and_remove(Path(self.temp_dir), self.tmp / "ray_logs")
 
 
 def wait_for(
