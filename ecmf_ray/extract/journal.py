@@ -1,13 +1,13 @@
 """The exactly-once rule: which videos a run has written, and what a rerun skips.
 
-The pipeline's last stage writes on the workers: every ``extract.write.videos_per_file`` finished videos
-become one shard under ``features/_shards/`` (the branches of that pass and their errors together),
-written atomically, so a killed run leaves only whole shards. A shard's name hashes its ids and the specs
-it was extracted with, so a retried write task overwrites its own shard. The driver sees only each
-shard's journal rows and keeps the journal, ``features/_shards.index.parquet`` (``video_id, shard,
-errored, specs``, in write order). ``specs`` names the branches the shard holds, each with the digest of
-the feature spec it was extracted with (``audio=1a2b…;frame=…``), so a changed branch spec leaves that
-branch's earlier rows out of what counts as done, and keeps every other branch's.
+The pipeline's last stage writes on the workers: each batch of up to ``extract.write.videos_per_file``
+finished videos becomes one shard under ``features/_shards/`` (the branches of that pass and their errors
+together), written atomically, so a killed run leaves only whole shards. A shard's name hashes its ids
+and the specs it was extracted with, so a retried write task overwrites its own shard. The driver sees
+only each shard's journal rows and keeps the journal, ``features/_shards.index.parquet`` (``video_id,
+shard, errored, specs``, in write order). ``specs`` names the branches the shard holds, each with the
+digest of the feature spec it was extracted with (``audio=1a2b…;frame=…``), so a changed branch spec
+leaves that branch's earlier rows out of what counts as done, and keeps every other branch's.
 
 A rerun reads that one index, plus any shard written after its last update (a kill between the two), and
 extracts, per branch, the videos no row holds under the branch's current spec; with

@@ -3,7 +3,7 @@
 ::
 
     manifest rows ─▶ decode+faces (CPU tasks) ─▶ CLIP pool ─▶ HuBERT pool ─▶ RoBERTa pool
-                 ─▶ write (CPU tasks: one shard per extract.write.videos_per_file videos) ─▶ driver: journal
+                 ─▶ write (CPU tasks: a shard per up to extract.write.videos_per_file videos) ─▶ driver: journal
 
 Each encoder is its own actor pool (``ActorPoolStrategy``); the model loads once per actor. CLIP runs
 first because it drops the largest columns (the crops), so later stages move only vectors, audio and text.
@@ -98,13 +98,14 @@ def build_dataset(cfg: DictConfig, todo: Any, digests: dict[str, str]) -> Any:
         ds = _actor_stage(ds, HubertEncoder, cfg, e.hubert)
     if "text" in branches:
         ds = _actor_stage(ds, RobertaEncoder, cfg, e.roberta)
-    # Streaming repartition into blocks of exactly videos_per_file rows (the last one fewer): one shard
-    # each. A map's own batch_size would also cut the remainders of the blocks it bundles.
-    ds = ds.repartition(target_num_rows_per_block=int(e.write.videos_per_file), strict=True)
+    # A shard per batch: Ray Data bundles finished blocks up to videos_per_file rows and cuts each bundle's
+    # remainder into a smaller batch, so a shard holds up to videos_per_file videos. Not a strict
+    # ds.repartition first (exact shards): its tasks reserve one CPU each, which Ray Data's resource
+    # reservation keeps for them, on 2 CPUs half the cluster, and decoding then ran one task at a time.
     return ds.map_batches(
         journal.write_shard,
         fn_kwargs={"run_dir": cfg.run_dir, "digests": digests},
-        batch_size=None,
+        batch_size=int(e.write.videos_per_file),
         batch_format="numpy",
         num_cpus=float(e.write.num_cpus),
         **_memory(e.write.memory_mb),
