@@ -11,7 +11,8 @@ Both paths run the same decode, face and encoder code on the same synthetic MER2
 this process, before Ray starts; ``ray.init`` is outside the timing, actor start-up and model loading
 are inside it. Peak RSS is this process's for the loop, and for Ray the sum over this process and all
 its children (raylet, object store, workers; shared pages count once per process that maps them).
-Sampled every 0.2 s. ``--repeat R`` alternates the two R times and keeps the best of each (for shared
+Both print the CPU seconds of each process kind (``process_kinds.py``: driver, decode task, decoder
+child, each encoder, write task, Ray's own) and the cores they kept busy. Sampled every 0.2 s. ``--repeat R`` alternates the two R times and keeps the best of each (for shared
 machines). The last line is one JSON object.
 """
 
@@ -23,76 +24,18 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from process_kinds import ProcessSampler
 
 from ecmf_ray.config import load_config
 from ecmf_ray.data import manifest
 from ecmf_ray.data.synth import synthesize
 
 CLIP_GFLOP_PER_IMAGE = 162.0  # ViT-L/14 at 224x224: ~81 GMACs
-
-
-def _process_tree(root: int) -> list[int]:
-    """``root`` and its descendants, from /proc (Linux; no psutil dependency)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                # The command name may contain spaces; the parent pid follows its closing parenthesis.
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    return tree
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-class PeakRss:
-    """Peak RSS (MB) of this process (and, with ``tree``, all its descendants), sampled in a thread."""
-
-    def __init__(self, tree: bool, interval_s: float = 0.2):
-        self.tree = tree
-        self.interval_s = interval_s
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> float:
-        pids = _process_tree(os.getpid()) if self.tree else [os.getpid()]
-        return sum(_rss_bytes(pid) for pid in pids) / 2**20
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._sample())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._sample())
 
 
 def dataset(work: str, n: int, distinct: int) -> pd.DataFrame:
@@ -125,13 +68,23 @@ def dataset(work: str, n: int, distinct: int) -> pd.DataFrame:
     )
 
 
-def timed(fn: Callable[[], Any], tree: bool) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of ``fn()``."""
-    with PeakRss(tree) as rss:
-        start = time.perf_counter()
+def timed(fn: Callable[[], Any]) -> tuple[float, dict[str, Any]]:
+    """Seconds of ``fn()``, and the :class:`ProcessSampler` figures of this process's tree meanwhile."""
+    sampler = ProcessSampler(os.getpid(), interval_s=0.2).start()
+    start = time.perf_counter()
+    try:
         fn()
+    finally:
         seconds = time.perf_counter() - start
-    return seconds, rss.peak_mb
+        figures = sampler.stop()
+    return seconds, figures
+
+
+def cpu_line(seconds: float, figures: dict[str, Any]) -> str:
+    """CPU seconds per process kind, largest first, and the cores they kept busy on average."""
+    cpu = sorted(figures["cpu_s"].items(), key=lambda kv: -kv[1])
+    kinds = ", ".join(f"{kind} {s:.1f}" for kind, s in cpu if s >= 0.5)
+    return f"    CPU s by process kind: {kinds}; {sum(dict(cpu).values()) / seconds:.2f} cores busy"
 
 
 def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,20 +108,24 @@ def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
     # Alternating repeats, best of each: the machine may be shared, and load comes and goes.
     for attempt in range(1, args.repeat + 1):
         if not args.skip_seq:
-            seconds, peak = timed(lambda: run_sequential(config("seq")), tree=False)
+            seconds, figures = timed(lambda: run_sequential(config("seq")))
             result["seq_videos_per_s"] = max(result.get("seq_videos_per_s", 0.0), args.n / seconds)
             print(
-                f"[{attempt}] sequential loop: {args.n / seconds:.2f} videos/s ({seconds:.1f} s), peak RSS {peak:.0f} MB"
+                f"[{attempt}] sequential loop: {args.n / seconds:.2f} videos/s ({seconds:.1f} s), "
+                f"peak RSS {figures['peak_process_mb']['driver']:.0f} MB"
             )
+            print(cpu_line(seconds, figures))
         if not args.skip_ray:
             cfg = config("ray")
             init_ray(cfg)
-            seconds, peak = timed(functools.partial(run_extract, cfg), tree=True)
+            seconds, figures = timed(functools.partial(run_extract, cfg))
+            peak = figures["peak_tree_mb"]
             result["ray_videos_per_s"] = max(result.get("ray_videos_per_s", 0.0), args.n / seconds)
             result["peak_rss_mb"] = round(max(result.get("peak_rss_mb", 0.0), peak), 1)
             print(
                 f"[{attempt}] ray pipeline:    {args.n / seconds:.2f} videos/s ({seconds:.1f} s), peak RSS {peak:.0f} MB"
             )
+            print(cpu_line(seconds, figures))
     if "seq_videos_per_s" in result and "ray_videos_per_s" in result:
         result["ratio"] = result["ray_videos_per_s"] / result["seq_videos_per_s"]
         print(f"ratio ray/sequential: {result['ratio']:.2f}")

@@ -15,8 +15,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from extract_bench import _process_tree, _rss_bytes
-
 # Substring of a Ray proctitle -> kind, first match wins.
 _RAY_KINDS = (
     ("ClipEncoder", "encoder clip"),
@@ -24,11 +22,39 @@ _RAY_KINDS = (
     ("RobertaEncoder", "encoder roberta"),
     ("decode_batch", "decode task"),
     ("write_shard", "write task"),
-    ("StreamingRepartition", "repartition task"),
     ("TrainWorker", "fold worker"),
     ("IDLE", "idle worker"),
 )
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, from /proc (Linux; no psutil dependency)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may contain spaces; the parent pid follows its closing parenthesis.
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        tree.append(pid)
+        stack.extend(children.get(pid, []))
+    return tree
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def classify(pid: int, root: int) -> str:
@@ -102,9 +128,9 @@ class ProcessSampler:
     def _sample(self) -> None:
         kinds: dict[int, str] = {}
         sums: dict[str, float] = defaultdict(float)
-        for pid in _process_tree(self.root):
+        for pid in process_tree(self.root):
             kind = kinds[pid] = classify(pid, self.root)
-            rss = _rss_bytes(pid) / 2**20
+            rss = rss_bytes(pid) / 2**20
             sums[kind] += rss
             self.peak_process_mb[kind] = max(self.peak_process_mb[kind], rss)
             cpu = _cpu_seconds(pid)
