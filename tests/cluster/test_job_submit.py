@@ -4,11 +4,13 @@ disk, and the pipeline with its dataset and run_dir on S3 (moto's server on 127.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from tests.cluster.conftest import REPO, Head, client_env, submit
 
@@ -66,7 +68,8 @@ def test_demo_pipeline_as_a_ray_job(aws_head: Head, tmp_path: Path):
 
 
 def test_pipeline_on_s3_as_a_ray_job(aws_head: Head, s3_env: str, tmp_path: Path):
-    """Dataset, run_dir, features, checkpoints (train and tune) and final outputs all in a moto bucket.
+    """Dataset, run_dir, features, checkpoints (train and tune) and final outputs all in a moto bucket,
+    and finalize trains the search's best config (pipeline.tune=true).
 
     The job's runtime env (cluster/runtime_env.yaml) sets TOKENIZERS_PARALLELISM and HF_HOME while the
     driver sends AWS_ENDPOINT_URL (from storage.endpoint_url) to its workers: Ray merges both only if
@@ -103,7 +106,16 @@ def test_pipeline_on_s3_as_a_ray_job(aws_head: Head, s3_env: str, tmp_path: Path
     files = fs.find("ecmf-e2e/run")
     assert any("/train/ecmf/" in f and f.endswith(".safetensors") for f in files)  # fold checkpoints
     assert any("/tune/ray/" in f and f.endswith(".safetensors") for f in files)  # trial checkpoints
-    assert fs.exists("ecmf-e2e/run/tune/best.yaml") and fs.exists("ecmf-e2e/run/final/report.md")
+    assert fs.exists("ecmf-e2e/run/final/report.md")
+    # finalize's one member is trained with the search's best config (a new final-* experiment, or
+    # train/ecmf reused when the search's start config won).
+    best = yaml.safe_load(storage.read_text(f"{run_dir}/tune/best.yaml"))
+    (member,) = json.loads(storage.read_text(f"{run_dir}/final/ensemble.json"))["members"]
+    trained = json.loads(storage.read_text(storage.join(member["experiment_dir"], "experiment.json")))
+    for section in ("model", "train"):
+        for key, value in best[section].items():
+            if key != "experiment":
+                assert trained[section][key] == value, f"{section}.{key}"
     submission = pd.read_csv(fs.open("ecmf-e2e/run/final/submission.csv"))
     test_names = manifest.loc[manifest["split"].eq("test"), "video_id"]
     assert sorted(submission["name"]) == sorted(test_names) and len(submission) > 0
