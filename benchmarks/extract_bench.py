@@ -12,8 +12,9 @@ this process, before Ray starts; ``ray.init`` is outside the timing, actor start
 are inside it. Peak RSS is this process's for the loop, and for Ray the sum over this process and all
 its children (raylet, object store, workers; shared pages count once per process that maps them).
 Both print the CPU seconds of each process kind (``process_kinds.py``: driver, decode task, decoder
-child, each encoder, write task, Ray's own) and the cores they kept busy. Sampled every 0.2 s. ``--repeat R`` alternates the two R times and keeps the best of each (for shared
-machines). The last line is one JSON object.
+child, each encoder, write task, Ray's own) and the cores they kept busy. Sampled every 0.2 s.
+``--repeat R`` alternates the two R times and keeps the best of each (for shared machines). The last
+line is one JSON object.
 """
 
 from __future__ import annotations

@@ -112,6 +112,8 @@ class ProcessSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> ProcessSampler:
+        # CPU already spent (this process's own earlier work) is not the sampled run's.
+        self._last_cpu = {pid: _cpu_seconds(pid) for pid in process_tree(self.root)}
         self._thread.start()
         return self
 
