@@ -3,7 +3,7 @@
 A Ray worker's kind comes from its proctitle (``ray::MapWorker(MapBatches(ClipEncoder))``, ``ray::IDLE``,
 …), read from ``/proc/PID/cmdline`` at each sample, since a reused worker changes title with its task.
 With ``gpu=True`` each sample also asks ``nvidia-smi`` for the GPU's utilisation and every process's GPU
-memory. Used by ``real_size.py`` and ``gpu_bench.py``.
+memory. Used by ``extract_bench.py``, ``real_size.py`` and ``gpu_bench.py``.
 """
 
 from __future__ import annotations
