@@ -31,35 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
+from process_kinds import process_tree, rss_bytes
 
 MISSION_LABELLED, MISSION_VIDEOS = 7369, 27369
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def tree_rss_bytes(root: int) -> int:
     """Resident memory of ``root`` and all its descendants (Ray's GCS, raylet, workers are the driver's)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    total = 0
-    for pid in tree:
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE_BYTES
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return sum(rss_bytes(pid) for pid in process_tree(root))
 
 
 class PeakMemory:
