@@ -137,12 +137,16 @@ class RayProcesses:
     def _start(self, *args: str, env: dict[str, str] | None = None, attempts: int = 3) -> int:
         """Run `ray start` in a new session; returns its process group. A node whose start timed out
         (Ray gives its agents 15 s, which a busy machine can exceed) is ended and started again."""
+        # Every process of the node gets the cluster's address: Ray's in-cluster State API clients (Ray
+        # Train's PlacementGroupCleaner, which frees a dead controller's CPUs) otherwise look for the one
+        # Ray instance on the host, and fail when another test's cluster runs beside this one.
+        env = {**(env or self.env), "RAY_ADDRESS": self.gcs_address}
         for attempt in range(attempts):
             log = self.tmp / f"ray_start_{len(self.groups)}.log"
             with open(log, "w") as out:
                 proc = subprocess.Popen(
                     [RAY, "start", "--disable-usage-stats", *args],
-                    env=env or self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
                 self.groups.append(proc.pid)
                 code = proc.wait(timeout=300)

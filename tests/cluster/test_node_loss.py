@@ -149,6 +149,41 @@ def end_nodes(cluster: RayProcesses, groups: list[int], job: subprocess.Popen | 
         cluster.stop_node(node)
 
 
+# Run as a driver on the test cluster: a task on its node asks the State API for the nodes without an
+# address, as Ray Train's PlacementGroupCleaner does; the second time with RAY_ADDRESS removed.
+STATE_API_PROBE = """
+import os, ray
+from ray.util.state import list_nodes
+
+@ray.remote(num_cpus=0)
+def probe(keep_address):
+    if not keep_address:
+        os.environ.pop("RAY_ADDRESS", None)
+    try:
+        return str(len(list_nodes()))
+    except ConnectionError as error:
+        return str(error)
+
+ray.init()
+print(ray.get(probe.remote(True)), "|", ray.get(probe.remote(False)))
+"""
+
+
+def test_in_cluster_state_api_finds_its_cluster_beside_another(head: RayProcesses, ray_cluster):
+    """With another Ray instance on the host (the session's test cluster), an address-less State API
+    call from a worker fails (Ray 2.60 looks for the one instance on the host); then a dead Train
+    controller's placement group is never freed and the node-loss runs below wait for CPUs for good.
+    RayProcesses gives every node's processes the cluster's address, which is what makes it work."""
+    env = {**head.env, "RAY_ADDRESS": head.gcs_address}
+    result = subprocess.run(
+        [sys.executable, "-c", STATE_API_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with_address, without = result.stdout.strip().splitlines()[-1].split(" | ")
+    assert with_address == str(len(alive_nodes(head)))
+    assert "multiple active Ray instances" in without  # the Ray behaviour the address works around
+
+
 @dataclass
 class ExtractRun:
     run_dir: Path

@@ -21,7 +21,7 @@ from ecmf_ray.extract.pipeline import run_extract
 from ecmf_ray.extract.reference import run_sequential
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from fake_features import start_driver  # noqa: E402
+from fake_features import driver_log, start_driver  # noqa: E402
 
 PREWRITTEN = 3  # videos the interrupted "first run" managed to write
 
@@ -228,11 +228,13 @@ def test_kill_during_the_write_stage_then_a_rerun_loses_and_repeats_nothing(
     args = [f"run_dir={run_dir}", f"storage.model_cache={model_cache}", "extract.frames.num=4",
             *(f"extract.{stage}.batch_size=2" for stage in ("decode", "clip", "hubert", "roberta")),
             "extract.write.videos_per_file=2"]  # fmt: skip
-    driver = start_driver(ray_cluster, "ecmf_ray.extract.pipeline:run_extract", args)
+    log = tmp_path / "driver.log"
+    driver = start_driver(ray_cluster, "ecmf_ray.extract.pipeline:run_extract", args, log)
     try:
         deadline = time.monotonic() + 300
         while not storage.exists(journal.shards_dir(run_dir)) or not journal.shard_names(run_dir):
-            assert driver.poll() is None and time.monotonic() < deadline, "no shard before the driver ended"
+            assert driver.poll() is None, f"the driver ended before its first shard; {driver_log(log)}"
+            assert time.monotonic() < deadline, f"no shard within 300 s; {driver_log(log)}"
             time.sleep(0.05)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,9 +110,10 @@ def write_fake_run(
     return manifest
 
 
-def start_driver(ray: Any, job: str, args: list[str], **popen: Any) -> subprocess.Popen:
+def start_driver(ray: Any, job: str, args: list[str], log: Path) -> subprocess.Popen:
     """A separate driver process running ``job`` (``module:function`` taking the config) on the test
-    cluster, in its own process group so a test can kill it as a crash would."""
+    cluster, in its own process group so a test can kill it as a crash would; its output goes to ``log``
+    (:func:`driver_log`), for the failure message when it ends too soon."""
     module, function = job.split(":")
     driver = (
         "import sys, ray\n"
@@ -121,4 +123,13 @@ def start_driver(ray: Any, job: str, args: list[str], **popen: Any) -> subproces
         f"{function}(load_config(['local'], sys.argv[2:]))\n"
     )
     address = ray.get_runtime_context().gcs_address
-    return subprocess.Popen([sys.executable, "-c", driver, address, *args], start_new_session=True, **popen)
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", driver, address, *args],
+            start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def driver_log(log: Path, chars: int = 4000) -> str:
+    """The end of a driver's output (:func:`start_driver`)."""
+    return f"driver output, last {chars} characters:\n{log.read_text(errors='replace')[-chars:]}"

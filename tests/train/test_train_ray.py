@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fake_features import SMALL, small_config, start_driver
+from fake_features import SMALL, driver_log, small_config, start_driver
 from omegaconf import OmegaConf
 
 from ecmf_ray.labels import EMOTIONS
@@ -121,16 +121,17 @@ def test_rerun_reuses_finished_folds_and_refuses_a_changed_config(parallel, fake
         run_train(small_config(fake_run, *RAY, "train.experiment=parallel", "train.lr=0.1"))
 
 
-def test_killed_run_resumes_from_checkpoints(parallel, fake_run, ray_cluster):
+def test_killed_run_resumes_from_checkpoints(parallel, fake_run, ray_cluster, tmp_path):
     overrides = [*RAY, "train.experiment=resumed", "train.max_concurrent_folds=2"]
     exp_dir = Path(small_config(fake_run, *overrides).run_dir, "train", "resumed")
     args = [f"run_dir={fake_run}", *SMALL, *overrides]
-    proc = start_driver(ray_cluster, "ecmf_ray.train.distributed:run_train", args)
+    log = tmp_path / "driver.log"
+    proc = start_driver(ray_cluster, "ecmf_ray.train.distributed:run_train", args, log)
     deadline = time.monotonic() + 240
     try:
         while not list(exp_dir.glob("ray/fold*/checkpoint_manager_snapshot.json")):
-            assert proc.poll() is None, "the driver ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            assert proc.poll() is None, f"the driver ended before its first checkpoint; {driver_log(log)}"
+            assert time.monotonic() < deadline, f"no checkpoint within 240 s; {driver_log(log)}"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; Ray ends its trials and workers

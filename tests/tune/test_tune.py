@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from fake_features import start_driver, write_fake_run  # noqa: E402
+from fake_features import driver_log, start_driver, write_fake_run  # noqa: E402
 from test_search_space import DEFAULT_SEARCHED  # noqa: E402
 
 from ecmf_ray.config import configs_dir, load_config  # noqa: E402
@@ -210,19 +209,16 @@ def test_killed_search_resumes_without_rerunning_finished_trials(ray_cluster, tm
     overrides = [*SPACE, "train.max_epochs=10", "tune.search=random", "tune.num_samples=4"]
     overrides += ["tune.scheduler=fifo", "tune.max_concurrent_trials=1"]
     args = [f"run_dir={run_dir}", *FIXED, *overrides]
-    proc = start_driver(
-        ray_cluster,
-        "ecmf_ray.train.tune:run_tune",
-        args,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "driver.log"
+    proc = start_driver(ray_cluster, "ecmf_ray.train.tune:run_tune", args, log)
     deadline = time.monotonic() + 180
     try:
         # Kill once a trial has finished and the next one has saved a checkpoint, as Tune recorded it.
         while not all(recorded(experiment_state(run_dir))):
-            assert proc.poll() is None, "the driver ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no finished and checkpointed trials within 180 s"
+            assert proc.poll() is None, f"the driver ended before it could be interrupted; {driver_log(log)}"
+            assert time.monotonic() < deadline, (
+                f"no finished and checkpointed trials within 180 s; {driver_log(log)}"
+            )
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
