@@ -6,7 +6,7 @@ the pipeline's records.
 extract, train ``train/ecmf``, then a finalize with every part switched on at its smallest: two weak
 classifiers vote (relabeling), two ensemble members learn the refined labels, a two-row ablation whose
 Baseline is the pipeline's ``train/ecmf`` (reused, not trained again), and one self-training round.
-That is 14 fold trials in four waves; each wave runs two folds at once on the session's 2-CPU cluster.
+That is 14 folds in four waves; each wave runs two folds at once on the session's 2-CPU cluster.
 
 A test that changes the run works on a copy (:func:`copy_run`): the run is relocatable, since every
 record in it names its inputs by content, not by path.

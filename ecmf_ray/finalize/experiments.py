@@ -167,8 +167,6 @@ def run_variants(
             to_train[name] = (request.name, with_overrides(variant, [f"train.experiment={name}"], "finalize"))
     if to_train:
         batch = Batch(
-            tune_dir=storage.join(str(cfg.run_dir), "final", "ray"),
-            name=wave,
             label=f"finalize {wave}",
             max_concurrent_folds=cfg.finalize.max_concurrent_folds or cfg.train.max_concurrent_folds,
             cap_key="finalize.max_concurrent_folds",

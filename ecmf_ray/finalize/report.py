@@ -39,7 +39,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TimedRun:
-    """An experiment finalize used, its role, and the wave (one batch of fold trials) it belongs to."""
+    """An experiment finalize used, its role, and the wave (one batch of fold tasks) it belongs to."""
 
     role: str
     wave: str
@@ -309,7 +309,7 @@ def training_time(timed: Sequence[TimedRun]) -> list[str]:
         "",
         "Each experiment from its first fold's start to its last fold's end (UTC). An experiment found from an "
         "earlier run keeps its own times. The experiments of a wave (weak classifiers; members and ablation "
-        "rows; self-training) are one batch of fold trials: *peak folds at once* is the most folds of the "
+        "rows; self-training) are one batch of fold tasks: *peak folds at once* is the most folds of the "
         "wave that trained at the same moment, from each fold's own start and end "
         "(`folds/fold<k>/result.json`); 1 means the wave trained one fold at a time "
         "(`finalize.max_concurrent_folds`).",

@@ -1,32 +1,34 @@
-"""K-fold training on Ray: one Ray Tune trial per fold, each running one Ray Train ``TorchTrainer``.
+"""K-fold training on Ray: one Ray task per fold, each running one Ray Train ``TorchTrainer``.
 
-Shape. Ray's pattern for many small models is a Tune grid over the model id with
-``max_concurrent_trials``; here the id is the fold. A trial only drives its fold's trainer, so it
-reserves no CPU (the trainer's controller takes none either): the fold's workers hold the
-resources (``train.num_workers`` x ``train.cpus_per_worker`` / GPUs), and up to
-``train.max_concurrent_folds`` folds start at once (default: as many as the cluster can ever hold,
-:func:`fold_slots`; all of them where that is unknown); those that find no resources wait for them,
-which is what makes an autoscaling cluster add nodes. One worker per fold is the right
-size for these small models; several workers train with DDP.
+Shape. The driver submits a task per fold (Ray's pattern for running several Train runs at once), at
+most ``train.max_concurrent_folds`` at a time (default: as many as the cluster can ever hold,
+:func:`fold_slots`; all of them where that is unknown). A task only drives its fold's trainer, so it
+reserves no CPU (the trainer's controller takes none either): the fold's workers hold the resources
+(``train.num_workers`` x ``train.cpus_per_worker`` / GPUs); folds that find no resources wait for
+them, which is what makes an autoscaling cluster add nodes. A task lost with its node is run again
+(``train.max_failures`` times) and its trainer resumes from the fold's latest checkpoint. One worker
+per fold is the right size for these small models; several workers train with DDP. (Not Ray Tune
+trials: a trial actor per fold cost ~5 CPU-seconds of start-up, a task reuses Ray's pooled workers,
+and nothing here is searched.)
 
 Batches. :func:`train_experiments` trains several experiments (finalize's weak classifiers, ensemble
-members and ablation rows) as one grid of (experiment, fold) trials, fold-major, so they run side by
-side; ``train`` is a batch of one.
+members and ablation rows) as one batch of (experiment, fold) tasks, fold-major, so they run side by
+side; ``train`` is a batch of one. Each fold's controller sends its reports to one queue of the batch,
+which the driver reads for its progress lines (:mod:`ecmf_ray.train.progress`).
 
 Data. The driver reads the manifest and every branch the batch needs once and puts them in the
 object store once (:class:`SharedFeatures`); each worker takes its experiment's branches and labels
 from that copy, and the workers of a node share it, zero-copy.
 
 Storage and resume. Everything lives under ``${run_dir}/train/<experiment>/`` (see
-:mod:`ecmf_ray.train.outputs`); Tune and Train state go to its ``ray/`` folder through a pyarrow
+:mod:`ecmf_ray.train.outputs`); Train state goes to its ``ray/`` folder through a pyarrow
 filesystem, so s3:// works. Workers report metrics through ``ray.train.report`` every
 ``train.checkpoint_every`` epochs and when the fold stops; at most every ``train.checkpoint_interval_s``
 seconds a report carries a safetensors training-state checkpoint (model and optimizer), and the best
 epoch's weights, which change less often, are written beside the fold's results when they changed. A fold is
-complete once its ``result.json`` exists. A rerun skips complete folds and starts a fresh Tune
-grid over the others; each of their ``TorchTrainer`` runs has the same name and storage path as
-before, which makes Ray Train V2 hand the worker its latest checkpoint. (``Tuner.restore`` is not
-used: it would bring back the first run's pickled trial state, param space and concurrency.)
+complete once its ``result.json`` exists. A rerun skips complete folds and trains the others; each of
+their ``TorchTrainer`` runs has the same name and storage path as before, which makes Ray Train V2 hand
+the worker its latest checkpoint.
 Because every epoch re-seeds from (seed, fold, epoch), a resumed fold ends exactly where an
 uninterrupted one would, and parallel and sequential runs agree.
 """
@@ -67,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.safetensors"
 _POLL_INTERVAL_S = 0.25
-_TRIAL_MEMORY_BYTES = 256 * 2**20
+_FOLD_TASK_MEMORY_BYTES = 256 * 2**20
 # Keys that change where and how fast folds run, not what they compute; free to change on resume.
 SCHEDULING_KEYS = (
     "max_concurrent_folds",
@@ -244,27 +246,27 @@ def run_config_storage(uri: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
-def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[Any]) -> None:
-    """Tune trial: run the fold of ``config["task"]`` (experiment index, fold) as a TorchTrainer.
+def train_fold(task: tuple[int, int], jobs: list[dict[str, Any]], data: list[Any], reports: Any) -> None:
+    """Ray task: train ``task`` (experiment index, fold) as a TorchTrainer.
 
-    ``data``: the shared features' object reference, in a list so that Tune passes the reference. The
-    trainer's reports reach Tune (and the progress lines) through :class:`TrainReportRelay`.
+    ``data``: the shared features' object reference, in a list so that Ray passes the reference;
+    ``reports``: the batch's queue for the trainer's reports (:class:`ReportsToDriver`).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ecmf_ray.train.report_relay import TrainReportRelay
+    from ecmf_ray.train.reports import ReportsToDriver
 
     # The controller started below polls its workers (and so takes each report) every 2 s by
     # default, a long time next to an epoch of these small models; poll 4 times a second.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(_POLL_INTERVAL_S))
-    fold, job = int(config["task"]["fold"]), jobs[int(config["task"]["experiment"])]
+    experiment, fold = task
+    job = jobs[experiment]
     train_cfg = job["train"]
     # Every fold is requested at once, so a fold may wait its turn for a CPU (or for an autoscaler's
     # node) far longer than Ray Train's 60 s default before its worker starts: waiting is not a failure.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(train_cfg["worker_start_timeout_s"]))
     resources = {"CPU": float(train_cfg["cpus_per_worker"])}
-    to_tune = TrainReportRelay()
     if train_cfg["use_gpu"]:
         resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)
     trainer = TorchTrainer(
@@ -279,11 +281,11 @@ def fold_trial(config: dict[str, Any], jobs: list[dict[str, Any]], data: list[An
             name=f"fold{fold}",
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=int(train_cfg["max_failures"])),
-            callbacks=[to_tune],
+            callbacks=[ReportsToDriver(reports, task)],
             **run_config_storage(job["ray_dir"]),
         ),
     )
-    to_tune.fit(trainer.fit)
+    trainer.fit()
 
 
 def fold_concurrency(
@@ -292,12 +294,12 @@ def fold_concurrency(
     key: str = "train.max_concurrent_folds",
     slots: int | None = None,
 ) -> int:
-    """How many fold trials run at once: ``max_concurrent_folds``; when null, the ``slots`` the cluster can
+    """How many fold tasks run at once: ``max_concurrent_folds``; when null, the ``slots`` the cluster can
     ever hold (where that is known), else every fold.
 
     Never what the cluster holds at the start: a cluster that autoscales from zero workers holds
-    nothing then. Trials that do not fit wait in Tune's queue, and their pending resource requests
-    are what make an autoscaler add nodes.
+    nothing then. Folds whose workers do not fit wait for resources, and their pending resource
+    requests are what make an autoscaler add nodes.
     """
     if max_concurrent_folds is not None and int(max_concurrent_folds) < 1:
         raise ValueError(f"{key} must be null or at least 1, got {max_concurrent_folds}")
@@ -307,8 +309,8 @@ def fold_concurrency(
 def fold_slots(cfg: DictConfig) -> int | None:
     """How many folds the cluster can ever train at once, where that can be known; else None.
 
-    A fold trial reserves no CPU, so Tune starts every trial it is allowed to, and each starts its
-    trainer's processes (a few hundred MB each) to wait for a worker: 96 finalize folds at once would be
+    A fold task reserves no CPU, so every task submitted starts, and each starts its trainer's
+    processes (a few hundred MB each) to wait for a worker: 96 finalize folds at once would be
     ~200 idle processes on a laptop. Known: a cluster this process started (its CPUs), or an autoscaler's
     node types at their ``max_workers``. Unknown (None): a joined cluster that may grow unseen.
     """
@@ -346,64 +348,78 @@ class SharedFeatures:
 
 @dataclass(frozen=True)
 class Batch:
-    """Where a batch of experiments keeps its Tune state, what it is called in logs, and its fold cap."""
+    """What a batch of experiments is called in logs, and its fold cap."""
 
-    tune_dir: str
-    name: str = "folds"
     label: str = "train"
     max_concurrent_folds: int | None = None
     cap_key: str = "train.max_concurrent_folds"
     slots: int | None = None  # what the cluster can ever hold (:func:`fold_slots`): the default cap
 
 
-def run_fold_trials(
+def run_fold_tasks(
     shared: SharedFeatures,
     jobs: list[dict[str, Any]],
     tasks: list[tuple[int, int]],
     batch: Batch,
     names: list[str],
 ) -> None:
-    """Train ``tasks`` ((experiment, fold) pairs) as one grid of Tune trials, all requested at once.
+    """Train ``tasks`` ((experiment, fold) pairs) as Ray tasks, in order, a bounded number at a time.
 
     Bounded by ``batch.max_concurrent_folds``, else by what the cluster can ever hold (``batch.slots``).
+    A fold that fails does not stop the others; the first failure is raised once all have ended.
     """
-    from ray import tune
+    import ray
+    from ray.exceptions import RayError
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     concurrency = fold_concurrency(batch.max_concurrent_folds, len(tasks), batch.cap_key, batch.slots)
-    train = jobs[0]["train"]
-    # No CPU for the trial (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers); Tune
-    # needs a non-empty request, so it reserves the driver process's memory instead.
-    trainable = tune.with_resources(
-        tune.with_parameters(fold_trial, jobs=jobs, data=[shared.ref]),
-        {"cpu": 0, "memory": _TRIAL_MEMORY_BYTES},
-    )
     progress = FoldProgress(batch.label, tasks, names, max(int(j["train"]["max_epochs"]) for j in jobs))
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"task": tune.grid_search([{"experiment": e, "fold": fold} for e, fold in tasks])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(
-            name=batch.name,
-            verbose=0,
-            # A trial lost with its node (it drives the fold's trainer) is started again; the trainer,
-            # same name and storage, resumes from the fold's latest checkpoint. Same budget as Train's.
-            failure_config=tune.FailureConfig(max_failures=int(train["max_failures"])),
-            callbacks=[progress],
-            **run_config_storage(batch.tune_dir),
-        ),
-    )
-    results = tuner.fit()
-    if results.errors:
-        failed = [tasks_label(names, r.config["task"]) for r in results if r.error]
-        raise RuntimeError(f"training failed for {', '.join(failed)}: {results.errors[0]}")
+    # The queue lives and dies with this driver's node, never with a worker node that may be lost.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    reports = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    # No CPU for the task (even 0.01 would leave K-0.01 CPUs, too few for K one-CPU workers), the memory
+    # of the process that drives the trainer. A task lost with its node is run again (the trainer,
+    # same name and storage, resumes from the fold's latest checkpoint): the same budget as Train's.
+    fold_task = ray.remote(train_fold)
+    options = {
+        "num_cpus": 0,
+        "memory": _FOLD_TASK_MEMORY_BYTES,
+        "max_retries": int(jobs[0]["train"]["max_failures"]),
+        "retry_exceptions": False,
+    }
+    waiting, running, failures = list(tasks), {}, []
+    try:
+        while waiting or running:
+            while waiting and len(running) < concurrency:
+                task = waiting.pop(0)
+                run = fold_task.options(**options, name=f"train_fold {tasks_label(names, task)}")
+                running[run.remote(task, jobs, [shared.ref], reports)] = task
+            ended, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_INTERVAL_S)
+            # Before the ended folds: a fold's reports are queued before its task returns.
+            for task, metrics in reports.get_nowait_batch(reports.qsize()):
+                progress.on_report(task, metrics)
+            for ref in ended:
+                task = running.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayError as error:
+                    logger.error("%s: %s failed: %s", batch.label, tasks_label(names, task), error)
+                    failures.append((task, error))
+                progress.on_done(task)
+    finally:
+        reports.shutdown(force=True)
+    if failures:
+        failed = ", ".join(tasks_label(names, task) for task, _ in failures)
+        raise RuntimeError(f"training failed for {failed}: {failures[0][1]}")
 
 
-def tasks_label(names: list[str], task: dict[str, int]) -> str:
-    return f"{names[int(task['experiment'])]} fold {int(task['fold'])}"
+def tasks_label(names: list[str], task: tuple[int, int]) -> str:
+    return f"{names[int(task[0])]} fold {int(task[1])}"
 
 
 def fold_job(cfg: DictConfig, exp_dir: str, data: FeatureSet) -> dict[str, Any]:
-    """The plain-dict settings every fold trial and worker of one experiment gets (``data``: its inputs)."""
+    """The plain-dict settings every fold task and worker of one experiment gets (``data``: its inputs)."""
     train = OmegaConf.to_container(cfg.train, resolve=True)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -424,12 +440,12 @@ def train_experiments(
     batch: Batch | None = None,
     names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every experiment's unfinished folds together, as one batch of concurrent Tune trials.
+    """Train every experiment's unfinished folds together, as one batch of concurrent fold tasks.
 
     ``cfgs`` share run_dir; each names its experiment (``train.experiment``) and may have its own seed,
     folds and labels. ``shared``: features holding every branch they use (else read here). ``batch``:
-    defaults to the single experiment's own ``ray/`` folder. Needs a Ray session. Returns each
-    experiment's summary.
+    its label and fold cap (default: ``train``, capped by the first config's ``train.max_concurrent_folds``).
+    Needs a Ray session. Returns each experiment's summary.
     """
     run_dir = storage.resolve(cfgs[0].run_dir, os.getcwd())
     plans = []
@@ -460,12 +476,9 @@ def train_experiments(
         if fold < view.n_folds and not fold_done(job["exp_dir"], fold)
     ]
     if tasks:
-        if batch is None:
-            if len(plans) > 1:
-                raise ValueError("several experiments need a Batch (where their Tune state goes)")
-            own = storage.join(plans[0][1], "ray")
-            batch = Batch(own, max_concurrent_folds=cfgs[0].train.max_concurrent_folds)
-        batch = replace(batch, slots=fold_slots(cfgs[0]))
+        batch = replace(
+            batch or Batch(max_concurrent_folds=cfgs[0].train.max_concurrent_folds), slots=fold_slots(cfgs[0])
+        )
         logger.info(
             "%s: training %d fold(s) of %d experiment(s): %s",
             batch.label,
@@ -473,7 +486,7 @@ def train_experiments(
             len(plans),
             ", ".join(names),
         )
-        run_fold_trials(shared, jobs, tasks, batch, names)
+        run_fold_tasks(shared, jobs, tasks, batch, names)
     summaries = []
     for (cfg, exp_dir, branches), view in zip(plans, views, strict=True):
         extra = {"experiment": str(cfg.train.experiment), "model": str(cfg.model.name), "branches": branches}

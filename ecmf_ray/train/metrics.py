@@ -1,6 +1,6 @@
 """WAF (the MER2025 score), accuracy, and the cross-validation summary written to metrics.json.
 
-NumPy, not scikit-learn: every fold worker (and the Tune trial that drives it) imports this module, and
+NumPy, not scikit-learn: every fold worker (and the task that drives it) imports this module, and
 importing scikit-learn (scipy.stats with it) costs ~3 CPU-seconds per process, more than a small fold's
 training; an epoch's score is also ~15x faster (1,200 clips). tests/train/test_metrics.py checks every
 function against scikit-learn's ``f1_score`` / ``accuracy_score`` / ``confusion_matrix``.

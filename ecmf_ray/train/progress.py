@@ -1,8 +1,8 @@
 """Progress a person can watch while folds train: plain periodic lines, readable in a terminal and in logs.
 
-Ray Tune's own table is off for the fold trials (it shows trial ids, not folds). Instead a Tune callback
-collects each fold's reports (epoch, best held-out WAF so far) and logs one compact line every
-``interval_s`` seconds, and one when a fold finishes. One experiment (``train``)::
+The driver hands :class:`FoldProgress` each fold's reports (epoch, best held-out WAF so far) as they
+arrive; it logs one compact line every ``interval_s`` seconds, and one when a fold finishes. One
+experiment (``train``)::
 
     train ecmf: 2/5 folds done, 2 running, 1 waiting, eta ≤6m20s | fold2 epoch 40/200 best 0.712 eta ≤3m10s | ...
 
@@ -22,9 +22,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from ray.tune import Callback
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +100,10 @@ def format_progress(
     return " | ".join(parts)
 
 
-class FoldProgress(Callback):
-    """Tune callback for a grid of fold trials (``task``: experiment index and fold, in each trial's config).
+class FoldProgress:
+    """The progress of a batch of fold tasks, each ``(experiment index, fold)``.
 
-    ``tasks``: (experiment index, fold) of every trial; ``names``: each experiment's name, by index.
+    ``tasks``: every task of the batch; ``names``: each experiment's name, by index.
     """
 
     def __init__(
@@ -126,24 +123,25 @@ class FoldProgress(Callback):
         self.states: dict[int, FoldState] = {}
         self._last_emit = float("-inf")
 
-    def _state(self, trial: Any) -> FoldState:
-        task = trial.config["task"]
-        return self.states.setdefault(self.index[int(task["experiment"]), int(task["fold"])], FoldState())
+    def _state(self, task: tuple[int, int]) -> FoldState:
+        return self.states.setdefault(self.index[int(task[0]), int(task[1])], FoldState())
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        state, now = self._state(trial), self.clock()
-        if "epoch" not in result:
+    def on_report(self, task: tuple[int, int], metrics: dict) -> None:
+        """A report of ``task``'s training worker (``epoch``, ``best_waf``)."""
+        state, now = self._state(task), self.clock()
+        if "epoch" not in metrics:
             return
         if state.first_seen is None:
-            # Pace is measured from the first report on: the trial's start-up is not an epoch.
-            state.first_seen, state.first_epoch = now, int(result["epoch"])
-        state.epoch, state.last_seen = int(result["epoch"]), now
-        state.best_waf = float(result["best_waf"]) if "best_waf" in result else state.best_waf
+            # Pace is measured from the first report on: the fold's start-up is not an epoch.
+            state.first_seen, state.first_epoch = now, int(metrics["epoch"])
+        state.epoch, state.last_seen = int(metrics["epoch"]), now
+        state.best_waf = float(metrics["best_waf"]) if "best_waf" in metrics else state.best_waf
         if now - self._last_emit >= self.interval_s:
             self._emit(now)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._state(trial).done = True
+    def on_done(self, task: tuple[int, int]) -> None:
+        """``task`` ended (trained, or failed for good)."""
+        self._state(task).done = True
         self._emit(self.clock())
 
     def _emit(self, now: float) -> None:

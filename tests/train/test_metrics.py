@@ -48,7 +48,7 @@ def test_scores_equal_scikit_learns(y_true: np.ndarray, y_pred: np.ndarray) -> N
 
 
 def test_a_fold_worker_imports_no_scikit_learn() -> None:
-    """What each fold's Tune trial and Ray Train worker import, in a fresh interpreter: scikit-learn (and
+    """What each fold's task and Ray Train worker import, in a fresh interpreter: scikit-learn (and
     scipy.stats) would cost each of those processes ~3 CPU-seconds."""
     code = "import sys, ecmf_ray.train.distributed; print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

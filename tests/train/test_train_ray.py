@@ -147,7 +147,7 @@ def test_killed_run_resumes_from_checkpoints(parallel, fake_run, ray_cluster, tm
     assert_same_results(parallel[1]["experiment_dir"], result["experiment_dir"])
 
 
-def test_fold_trials_default_to_what_the_cluster_this_process_started_holds(ray_cluster, fake_run):
+def test_folds_default_to_what_the_cluster_this_process_started_holds(ray_cluster, fake_run):
     """2 CPUs: two one-CPU folds at a time (the rest wait unstarted)."""
     assert fold_slots(small_config(fake_run, *RAY)) == 2
     assert fold_slots(small_config(fake_run, *RAY, "train.cpus_per_worker=2")) == 1
