@@ -23,6 +23,15 @@ _RAY_KINDS = (
     ("decode_batch", "decode task"),
     ("write_shard", "write task"),
     ("TrainWorker", "fold worker"),
+    # What drives a fold: its Ray task (train_fold), or, before 2026-12-03, its Tune trial (ImplicitFunc).
+    ("train_fold", "fold driver"),
+    ("ImplicitFunc", "fold driver"),
+    ("TrainController", "train controller"),
+    ("PlacementGroupCleaner", "train helpers"),
+    ("DatasetManager", "train helpers"),
+    ("SyncActor", "train helpers"),
+    ("PreemptionWatcher", "train helpers"),
+    ("_QueueActor", "report queue"),
     ("IDLE", "idle worker"),
 )
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -134,7 +134,7 @@ class RayProcesses:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, *args: str, env: dict[str, str] | None = None, attempts: int = 3) -> int:
+    def _start(self, *args: str, env: dict[str, str] | None = None, attempts: int = 5) -> int:
         """Run `ray start` in a new session; returns its process group. A node whose start timed out
         (Ray gives its agents 15 s, which a busy machine can exceed) is ended and started again."""
         # Every process of the node gets the cluster's address: Ray's in-cluster State API clients (Ray

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ecmf_ray.labels import EMOTIONS
 from ecmf_ray.train.data import load_feature_set
-from ecmf_ray.train.distributed import fold_slots, run_train
+from ecmf_ray.train.distributed import Batch, fold_slots, run_train, train_experiments
 from ecmf_ray.train.loop import cross_validate, set_torch_threads
 from ecmf_ray.train.outputs import PROB_COLUMNS
 
@@ -105,9 +105,21 @@ def test_outputs(parallel, fake_run):
     assert [r.best_waf for r in runs] == pytest.approx([f["waf"] for f in metrics["per_fold"]], abs=1e-9)
 
 
-def test_sequential_run_matches_parallel(parallel, fake_run):
+def test_sequential_run_matches_parallel_beside_a_failing_experiment(parallel, fake_run):
+    """One fold at a time, in one batch with an experiment whose folds fail in their workers (the optimizer
+    refuses a negative learning rate, and max_failures=0 gives up at once): the batch trains every fold
+    of the other experiment, then fails naming the failed folds; a rerun finds those folds done."""
     cfg = small_config(fake_run, *RAY, "train.experiment=sequential", "train.max_concurrent_folds=1")
+    failing = small_config(fake_run, *RAY, "train.experiment=failing", "train.lr=-1", "train.max_failures=0")
+    with pytest.raises(
+        RuntimeError, match="(?s)training failed for failing fold 0, failing fold 1: .*learning rate"
+    ):
+        train_experiments([cfg, failing], batch=Batch(max_concurrent_folds=1))
+    folds = sorted(Path(parallel[1]["experiment_dir"]).parent.glob("sequential/folds/*/result.json"))
+    assert len(folds) == FOLDS
+    written = [f.stat().st_mtime_ns for f in folds]
     result = run_train(cfg)
+    assert [f.stat().st_mtime_ns for f in folds] == written  # trained once, in the failed batch
     assert_same_results(parallel[1]["experiment_dir"], result["experiment_dir"])
 
 
