@@ -388,13 +388,16 @@ def run_fold_tasks(
         "max_retries": int(jobs[0]["train"]["max_failures"]),
         "retry_exceptions": False,
     }
+    # Every experiment's settings (labels and folds: a few bytes per video each) go to the object store
+    # once; each task takes them from there (a top-level reference argument arrives as its value).
+    jobs_ref = ray.put(jobs)
     waiting, running, failures = list(tasks), {}, []
     try:
         while waiting or running:
             while waiting and len(running) < concurrency:
                 task = waiting.pop(0)
                 run = fold_task.options(**options, name=f"train_fold {tasks_label(names, task)}")
-                running[run.remote(task, jobs, [shared.ref], reports)] = task
+                running[run.remote(task, jobs_ref, [shared.ref], reports)] = task
             ended, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_INTERVAL_S)
             # Before the ended folds: a fold's reports are queued before its task returns.
             for task, metrics in reports.get_nowait_batch(reports.qsize()):
