@@ -28,10 +28,23 @@ BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port gave this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on every local address, never one this process handed out before.
+
+    Ray binds some agents to the node's IP and others to 0.0.0.0: a port free on loopback alone may be
+    held on the node's IP by another node's agent. And a port handed out but not yet bound (its node
+    still starting) is free to the OS, which may offer it again.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def cluster_env(tmp: Path) -> dict[str, str]:
@@ -135,8 +148,10 @@ class RayProcesses:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _start(self, *args: str, env: dict[str, str] | None = None, attempts: int = 5) -> int:
-        """Run `ray start` in a new session; returns its process group. A node whose start timed out
-        (Ray gives its agents 15 s, which a busy machine can exceed) is ended and started again."""
+        """Run `ray start` in a new session, with agent ports of its own (:func:`agent_ports`); returns its
+        process group. A node whose start timed out (Ray gives its agents 15 s, which a busy machine can
+        exceed) is ended and started again, on new agent ports: an agent that failed to bind its port
+        would fail on it again."""
         # Every process of the node gets the cluster's address: Ray's in-cluster State API clients (Ray
         # Train's PlacementGroupCleaner, which frees a dead controller's CPUs) otherwise look for the one
         # Ray instance on the host, and fail when another test's cluster runs beside this one.
@@ -145,7 +160,7 @@ class RayProcesses:
             log = self.tmp / f"ray_start_{len(self.groups)}.log"
             with open(log, "w") as out:
                 proc = subprocess.Popen(
-                    [RAY, "start", "--disable-usage-stats", *args],
+                    [RAY, "start", "--disable-usage-stats", *args, *agent_ports()],
                     env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip
                 self.groups.append(proc.pid)
@@ -163,7 +178,7 @@ class RayProcesses:
         return self._start(
             "--head", "--port", str(self.port), "--num-cpus", "0", "--include-dashboard=true",
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-            "--ray-client-server-port", str(free_port()), "--temp-dir", self.temp_dir, *agent_ports(), *args,
+            "--ray-client-server-port", str(free_port()), "--temp-dir", self.temp_dir, *args,
             env=env,
         )  # fmt: skip
 
@@ -171,7 +186,7 @@ class RayProcesses:
         """A worker node; returns its process group."""
         return self._start(
             "--address", self.gcs_address, "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
-            "--object-store-memory", str(10**9), *agent_ports(),
+            "--object-store-memory", str(10**9),
         )  # fmt: skip
 
     def raylet_pid(self, group: int) -> int:
