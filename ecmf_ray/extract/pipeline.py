@@ -102,11 +102,17 @@ def build_dataset(cfg: DictConfig, todo: Any, digests: dict[str, str]) -> Any:
     # remainder into a smaller batch, so a shard holds up to videos_per_file videos. Not a strict
     # ds.repartition first (exact shards): its tasks reserve one CPU each, which Ray Data's resource
     # reservation keeps for them, on 2 CPUs half the cluster, and decoding then ran one task at a time.
+    # A cap on the write tasks too: Ray Data hands the CPU budget no stage reserved to the most downstream
+    # stage without a cap first, and the idle write stage would hold it while decoding waits. Never more
+    # than the shards to write (Ray Data warns of a cap above its inputs).
+    videos_per_file = int(e.write.videos_per_file)
+    write_tasks = max(1, min(int(e.write.max_tasks), -(-len(todo) // videos_per_file)))
     return ds.map_batches(
         journal.write_shard,
         fn_kwargs={"run_dir": cfg.run_dir, "digests": digests},
-        batch_size=int(e.write.videos_per_file),
+        batch_size=videos_per_file,
         batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=write_tasks),
         num_cpus=float(e.write.num_cpus),
         **_memory(e.write.memory_mb),
         udf_modifying_row_count=False,
