@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 from omegaconf import DictConfig
@@ -103,16 +104,13 @@ def build_dataset(cfg: DictConfig, todo: Any, digests: dict[str, str]) -> Any:
     # ds.repartition first (exact shards): its tasks reserve one CPU each, which Ray Data's resource
     # reservation keeps for them, on 2 CPUs half the cluster, and decoding then ran one task at a time.
     # A cap on the write tasks too: Ray Data hands the CPU budget no stage reserved to the most downstream
-    # stage without a cap first, and the idle write stage would hold it while decoding waits. Never more
-    # than the shards to write (Ray Data warns of a cap above its inputs).
-    videos_per_file = int(e.write.videos_per_file)
-    write_tasks = max(1, min(int(e.write.max_tasks), -(-len(todo) // videos_per_file)))
+    # stage without a cap first, and the idle write stage would hold it while decoding waits.
     return ds.map_batches(
         journal.write_shard,
         fn_kwargs={"run_dir": cfg.run_dir, "digests": digests},
-        batch_size=videos_per_file,
+        batch_size=int(e.write.videos_per_file),
         batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=write_tasks),
+        compute=ray.data.TaskPoolStrategy(size=int(e.write.max_tasks)),
         num_cpus=float(e.write.num_cpus),
         **_memory(e.write.memory_mb),
         udf_modifying_row_count=False,
@@ -126,6 +124,13 @@ def run_extract(cfg: DictConfig) -> dict:
     """
     import ray.data
 
+    # The write stage's task cap is a most, not a wish: Ray Data's warning (in the driver, where its
+    # executor runs) of a run with fewer blocks than the cap is noise.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The maximum number of concurrent tasks for 'MapBatches\(write_shard\)'",
+        category=UserWarning,
+    )
     plan = store.plan_run(cfg)
     logger.info("extract: %d videos to process, %d already written", plan.todo, plan.resumed)
     ray.data.DataContext.get_current().enable_progress_bars = True
