@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import shutil
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,64 +16,24 @@ import pytest
 from conftest import GOOD, MISSING, extract_config, make_run
 
 from ecmf_ray import features, storage
-from ecmf_ray.extract import journal, pipeline, spec, store
+from ecmf_ray.extract import journal, spec, store
 from ecmf_ray.extract.pipeline import run_extract
 from ecmf_ray.extract.reference import run_sequential
-from ecmf_ray.finalize.report import peak_concurrency
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from fake_features import driver_log, start_driver  # noqa: E402
 
 PREWRITTEN = 3  # videos the interrupted "first run" managed to write
-DECODE_BATCH = 2  # videos per decode task in the resumed run: five decode tasks for its ten videos
-
-
-def recording_spans(fn: Callable, spans_dir: Path) -> Callable:
-    """``fn``, each call of which records its own ``(start, end)`` wall times in a file of ``spans_dir``."""
-
-    @functools.wraps(fn)
-    def recorded(*args, **kwargs):
-        start = time.time()
-        out = fn(*args, **kwargs)
-        (spans_dir / f"{uuid.uuid4().hex}.json").write_text(json.dumps([start, time.time()]))
-        return out
-
-    return recorded
 
 
 @pytest.fixture(scope="module")
-def decode_spans_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the resumed run's decode tasks record their spans."""
-    return tmp_path_factory.mktemp("decode-spans")
-
-
-@pytest.fixture(scope="module")
-def resumed_run(
-    ray_cluster,
-    clips: pd.DataFrame,
-    model_cache: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    decode_spans_dir,
-):
-    """An interrupted run (a few shards and a half-written temp file) finished by the Ray pipeline, whose
-    decode tasks record their spans (:func:`recording_spans`) in ``decode_spans_dir``."""
+def resumed_run(ray_cluster, clips: pd.DataFrame, model_cache: str, tmp_path_factory: pytest.TempPathFactory):
+    """An interrupted run (a few shards and a half-written temp file) finished by the Ray pipeline."""
     run_dir = make_run(str(tmp_path_factory.mktemp("ray-run")), clips)
-    cfg = extract_config(run_dir, model_cache, f"extract.decode.batch_size={DECODE_BATCH}")
+    cfg = extract_config(run_dir, model_cache)
     run_sequential(cfg, limit=PREWRITTEN)
     storage.write_bytes(storage.join(journal.shards_dir(run_dir), "x.parquet.tmp-dead"), b"PAR1 half")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "decode_batch", recording_spans(pipeline.decode_batch, decode_spans_dir))
-        return cfg, run_extract(cfg)
-
-
-def test_decode_tasks_run_side_by_side(resumed_run, decode_spans_dir: Path) -> None:
-    """Decoding and faces are most of extraction's CPU: on the 2-CPU test cluster (the local profile, decode
-    at 0.5 CPU a task) two decode tasks ran at once, by the tasks' own clocks. A stage that reserves CPUs
-    of its own (a strict ds.repartition before the write) once left decoding one task at a time."""
-    spans = [tuple(json.loads(p.read_text())) for p in decode_spans_dir.glob("*.json")]
-    _, summary = resumed_run
-    assert len(spans) == -(-summary["processed"] // DECODE_BATCH)  # one span per decode task
-    assert peak_concurrency(spans) >= 2, sorted(spans)
+    return cfg, run_extract(cfg)
 
 
 @pytest.fixture(scope="module")
