@@ -31,8 +31,10 @@ T = TypeVar("T")
 
 # Spawning the child imports numpy, PyAV and decord once; slow on a loaded machine, and not a decode.
 START_TIMEOUT_S = 120.0
-# Imported by the child before it reports ready, so the first clip does not pay for them.
-PRELOAD = ("numpy", "av", "decord")
+# Imported by the child before it reports ready, so no call's deadline pays for them. That includes the
+# module of the functions it runs: decode imports pandas and pyarrow (through storage), 1.4 s on an idle
+# machine and many times that under load, which once made the first clip after a hang time out.
+PRELOAD = ("numpy", "av", "decord", "ecmf_ray.extract.decode")
 
 
 class DecodeTimeout(TimeoutError):

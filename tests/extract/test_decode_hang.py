@@ -19,7 +19,7 @@ from conftest import extract_config, make_run
 
 from ecmf_ray import features
 from ecmf_ray.data.synth import synthesize
-from ecmf_ray.extract import decoder_process, journal
+from ecmf_ray.extract import decode, decoder_process, journal
 from ecmf_ray.extract.decoder_process import DecoderProcess, DecodeTimeout
 from ecmf_ray.extract.pipeline import run_extract
 from ecmf_ray.stall import Stalled
@@ -118,6 +118,12 @@ def test_hung_decode_is_reported_and_leaves_nothing_running(
     killed = {int(m) for m in errors["message"].str.extract(r"decoder process (\d+) killed")[0]}
     assert len(killed) == 2  # the video call's child and the audio call's child
     assert not any(_alive(pid) for pid in killed)
+
+
+def test_the_child_imports_what_it_runs_before_any_deadline_starts() -> None:
+    """A replacement child's first clip must not pay for importing the decode module within its timeout."""
+    for fn in (decode.read_frames, decode.read_audio):
+        assert fn.__module__ in decoder_process.PRELOAD
 
 
 def test_this_process_decoder_is_reused() -> None:
