@@ -47,6 +47,7 @@ from ecmf_ray.testing import hf_cache
 
 HERE = Path(__file__).resolve().parent
 ECMF = [sys.executable, "-m", "ecmf_ray.cli"]
+STAGES = ("models", "extract", "loop", "fold", "compile")  # in this order; compile last, as it is slow
 
 
 def rate(step: Callable[[], Any], items: int, seconds: float, sync: Callable[[], None]) -> float:
@@ -244,6 +245,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="timing per measurement (3; 0.5 --quick)")
     parser.add_argument("--fold-epochs", type=int, default=None, help="epochs per fold (5; 1 --quick)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (always with --quick)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES, help="the stages to run (all)")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu_bench"))
     args = parser.parse_args()
     args.clips = args.clips or (4 if args.quick else 500)
@@ -262,21 +264,16 @@ def main() -> None:
     }
     work = Path(tempfile.mkdtemp(prefix="ecmf-gpu-bench-"))
     try:
+        stages = {
+            "models": lambda: model_bench(args, device, scale),
+            "extract": lambda: extract_bench(args, scale, gpu, work),
+            "loop": lambda: loop_bench(args, scale, gpu, work),
+            "fold": lambda: fold_bench(args, device),
+            "compile": lambda: compile_bench(args, device, scale, result["models"]),
+        }
+        chosen = [s for s in STAGES if s in args.stages and not (s == "compile" and args.no_compile)]
         run_stages(
-            [
-                ("models", lambda: model_bench(args, device, scale)),
-                ("extract", lambda: extract_bench(args, scale, gpu, work)),
-                ("loop", lambda: loop_bench(args, scale, gpu, work)),
-                ("fold", lambda: fold_bench(args, device)),
-                *(
-                    []
-                    if args.no_compile
-                    else [("compile", lambda: compile_bench(args, device, scale, result["models"]))]
-                ),
-                ("summary", lambda: summary(result)),
-            ],
-            result,
-            args.out,
+            [*((s, stages[s]) for s in chosen), ("summary", lambda: summary(result))], result, args.out
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
