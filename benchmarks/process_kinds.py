@@ -59,11 +59,25 @@ def process_tree(root: int) -> list[int]:
 
 
 def rss_bytes(pid: int) -> int:
+    return _statm_bytes(pid)[0]
+
+
+def private_bytes(pid: int) -> int:
+    """Resident memory less its shared pages: what the process itself holds, without the libraries it maps
+    and the Ray object store's pages it reads in place (which RSS counts in every reader)."""
+    resident, shared = _statm_bytes(pid)
+    return resident - shared
+
+
+def _statm_bytes(pid: int) -> tuple[int, int]:
+    """Resident and resident-shared bytes of ``pid`` (0, 0 when it is gone)."""
     try:
         with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = f.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[1]) * page, int(fields[2]) * page
     except (OSError, IndexError, ValueError):
-        return 0
+        return 0, 0
 
 
 def classify(pid: int, root: int) -> str:
@@ -111,6 +125,7 @@ class ProcessSampler:
         self.interval_s = interval_s
         self.gpu = gpu
         self.peak_process_mb: dict[str, float] = defaultdict(float)  # largest single process of a kind
+        self.peak_private_mb: dict[str, float] = defaultdict(float)  # the same, less shared pages
         self.peak_kind_mb: dict[str, float] = defaultdict(float)  # largest sum over a kind at one sample
         self.peak_tree_mb = 0.0
         self.cpu_s: dict[str, float] = defaultdict(float)
@@ -144,6 +159,8 @@ class ProcessSampler:
             rss = rss_bytes(pid) / 2**20
             sums[kind] += rss
             self.peak_process_mb[kind] = max(self.peak_process_mb[kind], rss)
+            private = private_bytes(pid) / 2**20
+            self.peak_private_mb[kind] = max(self.peak_private_mb[kind], private)
             cpu = _cpu_seconds(pid)
             # CPU time goes to the kind the process has now (a reused worker changes kinds).
             self.cpu_s[kind] += max(0.0, cpu - self._last_cpu.get(pid, 0.0))
@@ -163,6 +180,7 @@ class ProcessSampler:
         figures: dict[str, Any] = {
             "peak_tree_mb": round(self.peak_tree_mb),
             "peak_process_mb": {k: round(v) for k, v in sorted(self.peak_process_mb.items())},
+            "peak_private_mb": {k: round(v) for k, v in sorted(self.peak_private_mb.items())},
             "peak_kind_mb": {k: round(v) for k, v in sorted(self.peak_kind_mb.items())},
             "cpu_s": {k: round(v, 1) for k, v in sorted(self.cpu_s.items())},
             "encoder_cpu_share": {k: round(v / busy, 3) for k, v in sorted(encoders.items())},
