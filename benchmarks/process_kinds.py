@@ -59,18 +59,13 @@ def process_tree(root: int) -> list[int]:
 
 
 def rss_bytes(pid: int) -> int:
-    return _statm_bytes(pid)[0]
+    return resident_bytes(pid)[0]
 
 
-def private_bytes(pid: int) -> int:
-    """Resident memory less its shared pages: what the process itself holds, without the libraries it maps
-    and the Ray object store's pages it reads in place (which RSS counts in every reader)."""
-    resident, shared = _statm_bytes(pid)
-    return resident - shared
-
-
-def _statm_bytes(pid: int) -> tuple[int, int]:
-    """Resident and resident-shared bytes of ``pid`` (0, 0 when it is gone)."""
+def resident_bytes(pid: int) -> tuple[int, int]:
+    """Resident and resident-shared bytes of ``pid`` (0, 0 when it is gone). Resident less shared is what
+    the process itself holds, without the libraries it maps and the Ray object store's pages it reads in
+    place (which RSS counts in every reader)."""
     try:
         with open(f"/proc/{pid}/statm") as f:
             fields = f.read().split()
@@ -156,11 +151,11 @@ class ProcessSampler:
         sums: dict[str, float] = defaultdict(float)
         for pid in process_tree(self.root):
             kind = kinds[pid] = classify(pid, self.root)
-            rss = rss_bytes(pid) / 2**20
+            resident, shared = resident_bytes(pid)
+            rss = resident / 2**20
             sums[kind] += rss
             self.peak_process_mb[kind] = max(self.peak_process_mb[kind], rss)
-            private = private_bytes(pid) / 2**20
-            self.peak_private_mb[kind] = max(self.peak_private_mb[kind], private)
+            self.peak_private_mb[kind] = max(self.peak_private_mb[kind], (resident - shared) / 2**20)
             cpu = _cpu_seconds(pid)
             # CPU time goes to the kind the process has now (a reused worker changes kinds).
             self.cpu_s[kind] += max(0.0, cpu - self._last_cpu.get(pid, 0.0))
