@@ -24,6 +24,11 @@ def in_ray_job() -> bool:
     return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
 
 
+def joins_a_cluster(cfg: Any) -> bool:
+    """True where :func:`init_ray` joins a running cluster, False where it starts this machine's own."""
+    return bool(cfg.ray.address) or in_ray_job()
+
+
 def job_env_vars(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The env vars the submitted job's runtime env sets (``--runtime-env``); empty outside a job."""
     raw = environ.get(_JOB_CONFIG_ENV)
@@ -71,7 +76,7 @@ def init_ray(cfg: DictConfig) -> Any:
         return ray.get_runtime_context()
     env_vars = worker_env_vars()
     runtime_env = {"env_vars": env_vars} if env_vars else None
-    if cfg.ray.address or in_ray_job():
+    if joins_a_cluster(cfg):
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
         logger.info("joining Ray cluster at %s", address)
         return ray.init(address=address, runtime_env=runtime_env, log_to_driver=cfg.ray.log_to_driver)

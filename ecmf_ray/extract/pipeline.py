@@ -43,8 +43,7 @@ def check_cluster(cfg: DictConfig) -> None:
     On a joined cluster whose growth cannot be seen, a shortfall now is only logged: an autoscaler may
     still add the GPU nodes.
     """
-    joined = bool(cfg.ray.address) or runtime.in_ray_job()
-    capacity = resources.cluster_capacity(joined)
+    capacity = resources.cluster_capacity(runtime.joins_a_cluster(cfg))
     if capacity is not None:
         resources.check_pools_fit(cfg, capacity)
         return
@@ -131,6 +130,7 @@ def run_extract(cfg: DictConfig) -> dict:
         message=r"The maximum number of concurrent tasks for 'MapBatches\(write_shard\)'",
         category=UserWarning,
     )
+    cfg = resources.with_gpu_shares(cfg, runtime.joins_a_cluster(cfg))
     plan = store.plan_run(cfg)
     logger.info("extract: %d videos to process, %d already written", plan.todo, plan.resumed)
     ray.data.DataContext.get_current().enable_progress_bars = True

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ecmf_ray.extract import store
+from ecmf_ray.extract import resources, store
 from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
 from ecmf_ray.extract.journal import write_shard
 from ecmf_ray.extract.media import decode_batch
@@ -36,6 +36,7 @@ def run_sequential(cfg: DictConfig, limit: int | None = None) -> dict:
 
     ``limit`` stops after that many clips without consolidating (used to pre-write a partial run).
     """
+    cfg = resources.with_gpu_shares(cfg, joined=False)  # no Ray: the GPU is this machine's
     plan = store.plan_run(cfg)
     start = time.perf_counter()
     processed = 0

@@ -7,15 +7,20 @@ placed on any node the cluster has, or can get from its autoscaler, makes the ru
 
 A fractional ``num_gpus`` is a share of one physical GPU (Ray places such an actor on a single GPU with
 that much left); whole numbers take whole GPUs of one node. So fitting the pools is bin packing of the
-actors' shares into the GPUs of each node, not a comparison of sums.
+actors' shares into the GPUs of each node, not a comparison of sums. A pool may leave its share to be
+derived (``num_gpus: null``) from the GPU memory it needs (``gpu_memory_gb``) and the GPU it runs on
+(:func:`with_gpu_shares`), so that one profile fits a 24 GB card and an 80 GB one.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from omegaconf import DictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,69 @@ def encoder_stages(cfg: Any) -> list[str]:
     """The encoder pools this run starts (a pool runs when any of its branches is extracted)."""
     branches = set(cfg.extract.branches)
     return [name for name, needs in ENCODER_STAGES if needs & branches]
+
+
+def gpu_share(need_gb: float, gpu_gb: float) -> float:
+    """The share of one ``gpu_gb`` GPU that an actor needing ``need_gb`` reserves: rounded up to a
+    hundredth (Ray's shares are decimal), and at most the whole GPU."""
+    if need_gb <= 0 or gpu_gb <= 0:
+        raise ValueError(
+            f"GPU memory must be positive: an actor needs {need_gb:g} GiB of a {gpu_gb:g} GiB GPU"
+        )
+    return min(1.0, math.ceil(round(100 * need_gb / gpu_gb, 6)) / 100)
+
+
+def local_gpu_memory_gb() -> float | None:
+    """The memory (GiB) of this machine's smallest NVIDIA GPU, read through NVML; None without one.
+
+    NVML, not torch: asking CUDA would create a CUDA context in the driver, which holds GPU memory for the
+    whole run."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:  # no driver (a CPU machine), or no GPU it can see
+        return None
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        sizes = [pynvml.nvmlDeviceGetMemoryInfo(h).total for h in handles]
+    finally:
+        pynvml.nvmlShutdown()
+    return min(sizes) / 2**30 if sizes else None
+
+
+def with_gpu_shares(cfg: DictConfig, joined: bool) -> DictConfig:
+    """``cfg`` with every encoder pool's ``num_gpus`` a number.
+
+    A share set by hand stays. ``null`` becomes :func:`gpu_share` of the pool's ``gpu_memory_gb`` on a GPU
+    of ``extract.node_gpu_memory_gb`` GiB; where that is null, this machine's GPU when the run starts its
+    own Ray (``joined`` False; none when ``ray.num_gpus`` is 0), and a joined cluster, whose GPU nodes
+    this machine cannot see, must name it. No GPU: share 0, the pool runs on the CPU.
+    """
+    derived = [name for name, _ in ENCODER_STAGES if cfg.extract[name].num_gpus is None]
+    if not derived:
+        return cfg
+    gpu_gb = cfg.extract.node_gpu_memory_gb
+    if gpu_gb is None and joined:
+        keys = ", ".join(f"extract.{name}.num_gpus" for name in derived)
+        raise ValueError(
+            f"{keys} null asks for a share derived from the pool's gpu_memory_gb, but the GPU memory of the "
+            "cluster's GPU nodes is unknown here: set extract.node_gpu_memory_gb (e.g. 24 for A10G or L4 "
+            "nodes, 80 for A100-80GB or H100), or set the num_gpus"
+        )
+    if gpu_gb is None and cfg.ray.num_gpus != 0:
+        gpu_gb = local_gpu_memory_gb()
+    out = copy.deepcopy(cfg)
+    for name in derived:
+        out.extract[name].num_gpus = (
+            gpu_share(float(cfg.extract[name].gpu_memory_gb), float(gpu_gb)) if gpu_gb else 0.0
+        )
+    shares = ", ".join(f"{name} {out.extract[name].num_gpus:g}" for name in derived)
+    if gpu_gb:
+        logger.info("extract: GPU shares from gpu_memory_gb on a %g GiB GPU: %s", float(gpu_gb), shares)
+    else:  # a GPU profile on a machine without one: slow, so said loudly
+        logger.warning("extract: no GPU found (NVML, ray.num_gpus): %s run on the CPU", ", ".join(derived))
+    return out
 
 
 def min_pool_actors(cfg: Any) -> list[tuple[str, float, float, float]]:

@@ -1,5 +1,6 @@
-"""GPU shares of the encoder pools: every shipped profile's minimum pools fit one GPU, and a profile whose
-minimum pools cannot be placed fails at start with a clear message instead of waiting forever."""
+"""GPU shares of the encoder pools: every shipped profile's minimum pools fit one GPU, a share left to be
+derived follows the GPU memory the pool needs and the GPU it gets, and a profile whose minimum pools cannot
+be placed fails at start with a clear message instead of waiting forever."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ from ecmf_ray.extract.pipeline import run_extract
 PROFILES = sorted(p.stem for p in configs_dir().glob("*.yaml") if p.stem != "base")
 # What the cluster profile leaves to the user (???); the other profiles take them too.
 REQUIRED = ["run_dir=s3://bucket/run", "dataset.root=s3://bucket/mer2025"]
+ENCODERS = ("clip", "hubert", "roberta")
+
+
+def shares_on(profile: str, gpu_gb: float, *overrides: str) -> list[float]:
+    """The encoder pools' GPU shares of ``profile`` on a cluster whose GPUs have ``gpu_gb`` GiB."""
+    cfg = load_config([profile], [*REQUIRED, f"extract.node_gpu_memory_gb={gpu_gb}", *overrides])
+    e = resources.with_gpu_shares(cfg, joined=True).extract
+    return [float(e[name].num_gpus) for name in ENCODERS]
 
 
 def test_profiles_are_found() -> None:
@@ -22,7 +31,9 @@ def test_profiles_are_found() -> None:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_starts_its_pools_on_one_gpu(profile: str) -> None:
-    cfg = load_config([profile], REQUIRED)
+    """On one 24 GiB GPU, the smallest card the profiles are written for."""
+    cfg = load_config([profile], [*REQUIRED, "extract.node_gpu_memory_gb=24"])
+    cfg = resources.with_gpu_shares(cfg, joined=True)
     actors = resources.min_pool_actors(cfg)
     assert {a[0] for a in actors} == {"clip", "hubert", "roberta"}
     assert resources.pack_gpu_shares([a[1] for a in actors], [1.0])
@@ -35,9 +46,9 @@ def test_every_profile_starts_its_pools_on_one_gpu(profile: str) -> None:
 
 
 def test_workstation_profile_shares_one_gpu() -> None:
-    cfg = load_config(["workstation"])
+    cfg = resources.with_gpu_shares(load_config(["workstation"], ["extract.node_gpu_memory_gb=24"]), False)
     e = cfg.extract
-    shares = [float(e[name].num_gpus) for name in ("clip", "hubert", "roberta")]
+    shares = [float(e[name].num_gpus) for name in ENCODERS]
     assert all(0 < s < 1 for s in shares) and sum(shares) <= 1.0
     assert all(e[name].dtype == "bf16" for name in ("clip", "hubert", "roberta"))
     assert cfg.models.clip == "openai/clip-vit-large-patch14"
@@ -47,6 +58,47 @@ def test_workstation_profile_shares_one_gpu() -> None:
         resources.check_pools_fit(cfg, resources.Capacity((1.0,), 2.0, 4096, "4 GB"))
     assert cfg.train.max_concurrent_folds * cfg.train.cpus_per_worker <= 8
     assert cfg.tune.max_concurrent_trials * cfg.tune.cpus_per_trial <= 8
+
+
+def test_workstation_shares_follow_the_gpus_memory() -> None:
+    """One profile for a 24 GB card and an 80 GB one: the shares are what each pool's gpu_memory_gb takes of
+    the GPU, rounded up to a hundredth, and a share set by hand still wins."""
+    assert shares_on("workstation", 24) == [0.13, 0.09, 0.09]  # 3, 2 and 2 GiB of 24
+    assert shares_on("workstation", 80) == [0.04, 0.03, 0.03]
+    assert shares_on("workstation", 80, "extract.clip.num_gpus=0.5") == [0.5, 0.03, 0.03]
+    assert shares_on("workstation", 2) == [1.0, 1.0, 1.0]  # a card smaller than the need: a whole GPU each
+    assert shares_on("cluster", 80) == shares_on("cluster", 24)  # the cluster profile sets its shares
+
+
+@pytest.mark.parametrize(
+    ("need", "gpu", "share"),
+    [(3.0, 24.0, 0.13), (12.0, 24.0, 0.5), (2.0, 80.0, 0.03), (0.5, 141.0, 0.01), (30.0, 24.0, 1.0)],
+)
+def test_gpu_share(need: float, gpu: float, share: float) -> None:
+    assert resources.gpu_share(need, gpu) == share
+
+
+def test_a_derived_share_on_a_joined_cluster_needs_its_gpu_memory() -> None:
+    cfg = load_config(["workstation"])
+    with pytest.raises(ValueError, match=r"extract.clip.num_gpus, .*set extract.node_gpu_memory_gb"):
+        resources.with_gpu_shares(cfg, joined=True)
+
+
+def test_a_local_run_reads_this_machines_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(["workstation"])
+    monkeypatch.setattr(resources, "local_gpu_memory_gb", lambda: 24.0)
+    assert [resources.with_gpu_shares(cfg, False).extract[n].num_gpus for n in ENCODERS] == [0.13, 0.09, 0.09]
+    # ray.num_gpus=0 keeps a GPU machine's pools on the CPU; so does a machine without a GPU.
+    no_gpus = load_config(["workstation"], ["ray.num_gpus=0"])
+    assert [resources.with_gpu_shares(no_gpus, False).extract[n].num_gpus for n in ENCODERS] == [0.0] * 3
+    monkeypatch.setattr(resources, "local_gpu_memory_gb", lambda: None)
+    assert [resources.with_gpu_shares(cfg, False).extract[n].num_gpus for n in ENCODERS] == [0.0] * 3
+
+
+def test_nvml_answers_with_or_without_a_gpu() -> None:
+    """The real NVML call: None without an NVIDIA driver (as on CI), else the smallest GPU's memory."""
+    found = resources.local_gpu_memory_gb()
+    assert found is None or found > 0
 
 
 def test_cluster_profile_grows_gpu_pools() -> None:

@@ -2,9 +2,10 @@
 
 ``ecmf extract --config workstation`` runs as a user runs it, in its own process with its own local
 Ray cluster (``ray.num_gpus=1``): only the models are the tiny ones and the frames fewer. Ray schedules
-a logical GPU exactly like a real one, so the three encoder pools must share it by their fractional
-``num_gpus``; this machine has no CUDA, so each encoder actor must say once that it runs on the CPU,
-naming the GPU Ray granted it.
+a logical GPU exactly like a real one, so the three encoder pools must share it by the fractional
+``num_gpus`` the profile derives from their ``gpu_memory_gb`` (on a GPU named as a 24 GiB card, since
+this machine has none for NVML to read); this machine has no CUDA, so each encoder actor must say once
+that it runs on the CPU, naming the GPU Ray granted it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ecmf_ray import features
 from ecmf_ray.config import load_config
 from ecmf_ray.data import manifest
 from ecmf_ray.data.synth import synthesize
+from ecmf_ray.extract import resources
 
 ENCODERS = ("clip", "hubert", "roberta")
 # "(MapWorker(MapBatches(ClipEncoder)) pid=123) clip encoder: asked for num_gpus=0.5; Ray granted GPU ids [0] ..."
@@ -49,6 +51,7 @@ def workstation_run(tmp_path_factory: pytest.TempPathFactory, model_cache: str):
         f"run_dir={run_dir}",
         f"storage.model_cache={model_cache}",
         "ray.num_gpus=1",
+        "extract.node_gpu_memory_gb=24",
         "ray.num_cpus=2",
         "models.clip=tiny:clip",
         "models.hubert=tiny:hubert",
@@ -84,7 +87,7 @@ def test_workstation_extracts_every_clip(workstation_run) -> None:
 
 def test_each_encoder_actor_gets_its_gpu_share_and_warns_once(workstation_run) -> None:
     _, _, log, overrides = workstation_run
-    cfg = load_config(["workstation"], overrides)
+    cfg = resources.with_gpu_shares(load_config(["workstation"], overrides), joined=False)
     found = [m.groupdict() for m in WARNING.finditer(log)]
     per_actor = {(f["encoder"], f["pid"]) for f in found}
     assert len(per_actor) == len(found)  # exactly one warning per actor
