@@ -18,11 +18,16 @@ REQUIRED = ["run_dir=s3://bucket/run", "dataset.root=s3://bucket/mer2025"]
 ENCODERS = ("clip", "hubert", "roberta")
 
 
+def shares(cfg, joined: bool) -> list[float]:
+    """The encoder pools' GPU shares once :func:`resources.with_gpu_shares` has resolved ``cfg``."""
+    e = resources.with_gpu_shares(cfg, joined).extract
+    return [float(e[name].num_gpus) for name in ENCODERS]
+
+
 def shares_on(profile: str, gpu_gb: float, *overrides: str) -> list[float]:
     """The encoder pools' GPU shares of ``profile`` on a cluster whose GPUs have ``gpu_gb`` GiB."""
     cfg = load_config([profile], [*REQUIRED, f"extract.node_gpu_memory_gb={gpu_gb}", *overrides])
-    e = resources.with_gpu_shares(cfg, joined=True).extract
-    return [float(e[name].num_gpus) for name in ENCODERS]
+    return shares(cfg, joined=True)
 
 
 def test_profiles_are_found() -> None:
@@ -87,12 +92,12 @@ def test_a_derived_share_on_a_joined_cluster_needs_its_gpu_memory() -> None:
 def test_a_local_run_reads_this_machines_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(["workstation"])
     monkeypatch.setattr(resources, "local_gpu_memory_gb", lambda: 24.0)
-    assert [resources.with_gpu_shares(cfg, False).extract[n].num_gpus for n in ENCODERS] == [0.13, 0.09, 0.09]
+    assert shares(cfg, joined=False) == [0.13, 0.09, 0.09]
     # ray.num_gpus=0 keeps a GPU machine's pools on the CPU; so does a machine without a GPU.
     no_gpus = load_config(["workstation"], ["ray.num_gpus=0"])
-    assert [resources.with_gpu_shares(no_gpus, False).extract[n].num_gpus for n in ENCODERS] == [0.0] * 3
+    assert shares(no_gpus, joined=False) == [0.0] * 3
     monkeypatch.setattr(resources, "local_gpu_memory_gb", lambda: None)
-    assert [resources.with_gpu_shares(cfg, False).extract[n].num_gpus for n in ENCODERS] == [0.0] * 3
+    assert shares(cfg, joined=False) == [0.0] * 3
 
 
 def test_nvml_answers_with_or_without_a_gpu() -> None:
