@@ -9,7 +9,6 @@ Token auth is on, as on a real cluster: the token file lives in the test's temp 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -22,6 +21,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ray.util.state import StateApiClient
+from ray.util.state.common import ListApiOptions, StateResource
+from ray.util.state.exception import RayStateApiException
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -262,14 +265,17 @@ def wait_for(
         time.sleep(interval)
 
 
-def state(cluster: RayProcesses, resource: str, *filters: str) -> list[dict[str, Any]]:
-    """``ray list RESOURCE --detail`` through the dashboard's State API, with the cluster's token."""
-    command = [RAY, "list", resource, "--address", cluster.dashboard, "--format", "json", "--detail",
-               "--limit", "10000", *[f"--filter={f}" for f in filters]]  # fmt: skip
-    result = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-2000:])
-    return [] if result.stdout.startswith("No resource") else json.loads(result.stdout)
+def state(cluster: RayProcesses, resource: str, *filters: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """The State API's detailed list of ``resource`` (actors, tasks, nodes, jobs) on the cluster, through
+    its dashboard with the cluster's token; ``filters`` as ``(key, "=", value)``.
+
+    Asked from this process: the tests poll it several times a second, and a `ray list` process per look
+    costs ~1.5 CPU-seconds, which on CI's 2 cores slows the very run being watched."""
+    token = Path(cluster.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    client = StateApiClient(cluster.dashboard, headers={"authorization": f"Bearer {token}"})
+    options = ListApiOptions(limit=10_000, detail=True, filters=list(filters))
+    found = client.list(StateResource(resource), options=options, raise_on_missing_output=False)
+    return [entry.asdict() for entry in found]
 
 
 def alive_nodes(cluster: RayProcesses) -> list[dict[str, Any]]:
@@ -282,7 +288,7 @@ def wait_for_head(cluster: RayProcesses, timeout: float = 120) -> list[dict[str,
     def answer() -> list[dict[str, Any]] | None:
         try:
             return alive_nodes(cluster)
-        except RuntimeError:
-            return None  # the dashboard is still starting
+        except (OSError, RayStateApiException):
+            return None  # the dashboard is still starting (requests' errors are OSErrors)
 
     return wait_for(answer, timeout, 1, "the head's dashboard")

@@ -96,12 +96,12 @@ def work_by_node(cluster: RayProcesses, actor_classes: tuple[str, ...], tasks: b
     """What runs on each node now, from the State API: live actors of ``actor_classes`` and (with
     ``tasks``) running tasks, by node id."""
     found: dict[str, list[str]] = {}
-    for actor in state(cluster, "actors", "state=ALIVE"):
+    for actor in state(cluster, "actors", ("state", "=", "ALIVE")):
         # Ray Data's pool actors are _MapWorker, named after their class in repr_name.
         name = actor.get("repr_name") or actor["class_name"]
         if any(c in f"{actor['class_name']} {name}" for c in actor_classes):
             found.setdefault(actor["node_id"], []).append(f"actor {name}")
-    for task in state(cluster, "tasks", "state=RUNNING") if tasks else ():
+    for task in state(cluster, "tasks", ("state", "=", "RUNNING")) if tasks else ():
         found.setdefault(task["node_id"], []).append(f"task {task['name']}")
     return found
 
