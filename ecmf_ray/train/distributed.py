@@ -81,6 +81,7 @@ SCHEDULING_KEYS = (
     "checkpoint_interval_s",
     "max_failures",
     "worker_start_timeout_s",
+    "preemption_watcher",
 )
 
 
@@ -266,6 +267,7 @@ def train_fold(task: tuple[int, int], jobs: list[dict[str, Any]], data: list[Any
     # Every fold is requested at once, so a fold may wait its turn for a CPU (or for an autoscaler's
     # node) far longer than Ray Train's 60 s default before its worker starts: waiting is not a failure.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(float(train_cfg["worker_start_timeout_s"]))
+    os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "1" if train_cfg["preemption_watcher"] else "0"
     resources = {"CPU": float(train_cfg["cpus_per_worker"])}
     if train_cfg["use_gpu"]:
         resources["GPU"] = float(train_cfg["gpus_per_worker"] or 1)

@@ -328,6 +328,9 @@ def test_training_survives_a_lost_node_and_matches_an_uninterrupted_run(head: Ra
     run = train_run(head, tmp_path, lose_node=True)
     print(f"\ntrain with a lost node: {run.seconds:.0f} s; on that node before the kill: {run.in_flight}")
     assert run.in_flight  # the node died holding a fold's training worker
+    # Ray Train's helpers of every fold, dead ones too: no preemption watcher (train.preemption_watcher).
+    helpers = {a["class_name"] for a in state(head, "actors")}
+    assert "TrainController" in helpers and "PreemptionWatcher" not in helpers, helpers
     resumed = [f for f in run.metrics["per_fold"] if f["resumed_from_epoch"] > 0]
     # The lost node's fold (and any fold whose trial ran there) went on from its last checkpoint.
     assert resumed, run.output[-3000:]
