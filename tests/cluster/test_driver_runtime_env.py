@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray.runtime_env.runtime_env import _merge_runtime_env
 
 from ecmf_ray.runtime import job_env_vars, worker_env_vars
 
@@ -35,9 +34,9 @@ def test_driver_env_merges_with_the_shipped_job_runtime_env(job_runtime_env: dic
     env_vars = worker_env_vars(environ)
     assert env_vars == {"AWS_ENDPOINT_URL": "http://minio:9000", "HF_HUB_OFFLINE": "1"}
     assert job_env_vars(environ) == job_runtime_env["env_vars"]
-    # Ray's own merge (what ray.init does inside a job) accepts it.
-    merged = _merge_runtime_env(job_runtime_env, {"env_vars": env_vars})
-    assert merged is not None and merged["env_vars"] == {**job_runtime_env["env_vars"], **env_vars}
+    # Ray refuses to merge a driver's runtime env into the job's only where both set one variable; the
+    # S3 job test (test_job_submit.py) has Ray merge them for real.
+    assert not set(env_vars) & set(job_runtime_env["env_vars"])
 
 
 def test_outside_a_job_the_driver_sends_its_own_settings():

@@ -131,3 +131,23 @@ def test_cluster_profile_names_what_the_user_must_give(aws_head: Head):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "'dataset.root'" in output and "cluster.yaml" in output and "'run_dir'" not in output
+
+
+def test_the_shipped_excludes_upload_the_code_and_no_local_clutter(aws_head: Head, tmp_path: Path):
+    """`--working-dir` with cluster/runtime_env.yaml, from a checkout full of what must stay home: the job
+    sees only the code. No .gitignore helps here, as in a tarball of the project."""
+    tree = tmp_path / "checkout"
+    code = {"ecmf_ray/cli.py", "jobs/pipeline.py", "configs/base.yaml", "cluster/runtime_env.yaml"}
+    clutter = {".venv/lib/torch.so", "venv/bin/python", "runs/local/manifest.parquet", ".git/HEAD",
+               "ecmf_ray/__pycache__/cli.pyc", ".pytest_cache/v", ".ruff_cache/x", "ecmf_ray.egg-info/PKG-INFO"}  # fmt: skip
+    for path in code | clutter:
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text("x")
+    listing = "import json, os; print('FILES', json.dumps([os.path.join(d, f)[2:] for d, _, fs in os.walk('.') for f in fs]))"
+    result = submit(
+        aws_head, "--working-dir", str(tree), "--runtime-env", "cluster/runtime_env.yaml", "--",
+        "python", "-c", listing, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FILES "))
+    assert set(json.loads(line.removeprefix("FILES "))) == code

@@ -50,7 +50,6 @@ def release_orphaned_placement_groups(ray, wait_s: float = 20.0) -> None:
     API shows the controller dead; the test cluster runs without a dashboard, so there is no
     State API. Nothing else runs on the cluster now, so every live group is the killed run's.
     """
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     deadline = time.monotonic() + wait_s
@@ -58,7 +57,7 @@ def release_orphaned_placement_groups(ray, wait_s: float = 20.0) -> None:
         if time.monotonic() > deadline:
             for pg_id, info in placement_group_table().items():
                 if info["state"] == "CREATED":
-                    remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+                    remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
             deadline = float("inf")
         time.sleep(0.2)
 
