@@ -104,12 +104,13 @@ def _session_members(sid: int) -> list[int]:
 
 
 def _end_session(sid: int) -> None:
-    """Stop every process of the session ``sid`` (one this test started): SIGTERM, then SIGKILL."""
+    """Stop every process of the session ``sid`` (one this test started): SIGTERM, then SIGKILL (a head's
+    GCS and raylet sit out SIGTERM for many seconds, and there is nothing left to save)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _session_members(sid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5
         while _session_members(sid) and time.monotonic() < deadline:
             time.sleep(0.5)
 
