@@ -2,6 +2,7 @@
 
     python benchmarks/fold_overhead.py                    # 6 folds of 4 epochs on small synthetic features
     python benchmarks/fold_overhead.py --folds 6 --epochs 4 --repeat 3
+    python benchmarks/fold_overhead.py train.preemption_watcher=true   # with config overrides
 
 Runs `ecmf train --config local` (its own 2-CPU Ray cluster) on the training tests' synthetic feature
 store, with folds so short that Ray's per-fold processes (the fold's driving task, Ray Train's controller
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--n-train", type=int, default=240)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="config overrides (key=value) for every run")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "train"))
     from fake_features import SMALL, write_fake_run
@@ -39,7 +41,7 @@ def main() -> None:
         write_fake_run(run_dir, n_train=args.n_train, n_test=args.n_train // 8)
         for attempt in range(args.repeat):
             overrides = [*SMALL, f"train.folds={args.folds}", f"train.max_epochs={args.epochs}",
-                         "train.early_stopping_patience=null", f"train.experiment=overhead{attempt}"]  # fmt: skip
+                         "train.early_stopping_patience=null", f"train.experiment=overhead{attempt}", *args.overrides]  # fmt: skip
             figures = run_sampled(
                 [ECMF, "train", "--config", "local", f"run_dir={run_dir}", *overrides],
                 {**os.environ, "HOME": tmp},
@@ -48,7 +50,7 @@ def main() -> None:
             total = sum(cpu.values())
             print(json.dumps({
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "folds": args.folds,
-                "epochs": args.epochs, "seconds": figures["seconds"], "cpu_s": round(total, 1),
+                "epochs": args.epochs, "overrides": args.overrides, "seconds": figures["seconds"], "cpu_s": round(total, 1),
                 "cpu_s_per_fold": round(total / args.folds, 1), "cpu_s_by_kind": cpu,
             }), flush=True)  # fmt: skip
 
