@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_processes import STARTUP_TIMED_OUT, agent_ports, free_port, keep_logs_and_remove
+from ray_processes import STARTUP_TIMED_OUT, STOP_GRACE_S, agent_ports, free_port, keep_logs_and_remove
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -104,13 +104,12 @@ def _session_members(sid: int) -> list[int]:
 
 
 def _end_session(sid: int) -> None:
-    """Stop every process of the session ``sid`` (one this test started): SIGTERM, then SIGKILL (a head's
-    GCS and raylet sit out SIGTERM for many seconds, and there is nothing left to save)."""
+    """Stop every process of the session ``sid`` (one this test started): SIGTERM, then SIGKILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _session_members(sid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + STOP_GRACE_S
         while _session_members(sid) and time.monotonic() < deadline:
             time.sleep(0.5)
 

@@ -109,6 +109,10 @@ def agent_ports() -> list[str]:
 
 # What `ray start` says when a node's agents took longer than the 15 s Ray gives them: worth a retry.
 STARTUP_TIMED_OUT = "timed out during startup"
+# How long a stopping cluster or head gets after SIGTERM before SIGKILL. A worker node exits in ~1.5 s; a
+# head's GCS and raylet sit out SIGTERM far longer, and nothing is left to save by then (the logs are
+# written as they go).
+STOP_GRACE_S = 5
 
 
 def keep_logs_and_remove(temp_dir: Path, logs: Path) -> None:
@@ -238,9 +242,13 @@ class RayProcesses:
         for group in reversed(self.groups):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGTERM)
-        # A worker node exits in ~1.5 s; the head's GCS and raylet sit out SIGTERM far longer, and nothing is
-        # left to save by then (the logs are written as they go).
-        wait_for(lambda: not any(group_members(g) for g in self.groups), 5, 0.5, "Ray to exit", fail=False)
+        wait_for(
+            lambda: not any(group_members(g) for g in self.groups),
+            STOP_GRACE_S,
+            0.5,
+            "Ray to exit",
+            fail=False,
+        )
         for group in self.groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)

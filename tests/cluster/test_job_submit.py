@@ -145,7 +145,7 @@ def test_the_shipped_excludes_upload_the_code_and_no_local_clutter(aws_head: Hea
         (tree / path).write_text("x")
     listing = "import json, os; print('FILES', json.dumps([os.path.join(d, f)[2:] for d, _, fs in os.walk('.') for f in fs]))"
     result = submit(
-        aws_head, "--working-dir", str(tree), "--runtime-env", "cluster/runtime_env.yaml", "--",
+        aws_head, "--working-dir", str(tree), *README_SUBMIT[2:],  # the README's options, this tree
         "python", "-c", listing, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
