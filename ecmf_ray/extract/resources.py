@@ -37,7 +37,7 @@ class PoolsDoNotFit(RuntimeError):
 
 @dataclass(frozen=True)
 class Capacity:
-    """GPUs per node (one entry per node the cluster has or may launch), and CPUs and memory in all."""
+    """GPUs per node (one entry per node), and CPUs and memory in all."""
 
     node_gpus: tuple[float, ...]
     cpus: float
@@ -183,54 +183,15 @@ def check_pools_fit(cfg: Any, capacity: Capacity) -> None:
             )
 
 
-def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
-    """The node types an autoscaler publishes (Ray's autoscaler v2), as ``(resources, max_count)``; None
-    where none is published, or where this Ray cannot say.
-
-    Ray 2.60 has no public API for these limits (``ray status`` and ``ray.autoscaler.v2.sdk`` report
-    nodes and demands, not maxima); Ray Data and Ray Train read them from the GCS through
-    ``ray._private.state``, and so does this function, the only place here that touches it. Where a
-    later Ray moves or renames it, this warns and returns None: callers then treat the cluster as one
-    whose limits are unknown.
-    """
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except (ImportError, AttributeError) as error:
-        logger.warning(
-            "cannot read the autoscaler's node types from this Ray (%s); treating them as unknown", error
-        )
-        return None
-    if config is None or not config.node_group_configs:
-        return None
-    return [
-        ({k: float(v) for k, v in g.resources.items()}, int(g.max_count)) for g in config.node_group_configs
-    ]
-
-
 def cluster_capacity(joined: bool) -> Capacity | None:
     """The most the connected cluster can hold, or None where that cannot be known.
 
-    An autoscaler that publishes its node types (:func:`autoscaler_node_types`): those at their
-    ``max_workers``. Otherwise, for a cluster this process started (``joined=False``): its live nodes,
-    which is all it will ever have. A joined cluster without published node types may grow by means
-    this process cannot see: None (the caller only warns).
+    A cluster this process started (``joined=False``): its live nodes, which is all it will ever have. A
+    joined cluster may grow by means this process cannot see: None (callers only warn). Ray 2.60 has no
+    public API for an autoscaler's node types and their ``max_workers``, and none of its own autoscalers
+    (``ray up``'s, KubeRay's, v1 or v2) publishes them to the GCS: the cluster config that Ray Data reads
+    through ``ray._private.state`` stays empty on a fake-provider autoscaling head.
     """
-    node_types = autoscaler_node_types()
-    if node_types is not None:
-        gpus: list[float] = []
-        cpus = memory = 0.0
-        for node_resources, max_count in node_types:
-            if max_count < 0:  # unbounded: anything fits eventually
-                return None
-            gpus += [node_resources.get("GPU", 0.0)] * max_count
-            cpus += node_resources.get("CPU", 0.0) * max_count
-            memory += node_resources.get("memory", 0.0) / 2**20 * max_count
-        # A node type that does not declare memory gets what its machine has: unknown here.
-        return Capacity(
-            tuple(gpus), cpus, memory or math.inf, "the autoscaler's node types at their max_workers"
-        )
     if joined:
         return None
     return live_capacity()

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -313,15 +312,15 @@ def fold_slots(cfg: DictConfig) -> int | None:
 
     A fold task reserves no CPU, so every task submitted starts, and each starts its trainer's
     processes (a few hundred MB each) to wait for a worker: 96 finalize folds at once would be
-    ~200 idle processes on a laptop. Known: a cluster this process started (its CPUs), or an autoscaler's
-    node types at their ``max_workers``. Unknown (None): a joined cluster that may grow unseen.
+    ~200 idle processes on a laptop. Known: a cluster this process started (its CPUs). Unknown (None): a
+    joined cluster, which may grow unseen.
     """
     from ecmf_ray import runtime
     from ecmf_ray.extract.resources import cluster_capacity
 
     capacity = cluster_capacity(bool(cfg.ray.address) or runtime.in_ray_job())
     per_fold = int(cfg.train.num_workers) * float(cfg.train.cpus_per_worker)
-    if capacity is None or per_fold <= 0 or not math.isfinite(capacity.cpus):
+    if capacity is None or per_fold <= 0:
         return None
     return max(1, int(capacity.cpus // per_fold))
 

@@ -246,17 +246,12 @@ def test_fold_concurrency_is_bounded_by_config_not_by_the_cluster_at_the_start()
         fold_concurrency(0, 5)
 
 
-def test_capacity_is_unknown_when_this_ray_no_longer_has_the_autoscaler_config(monkeypatch, caplog):
-    """extract.resources reads the autoscaler's node types through Ray's private state module, in one
-    function: where a later Ray lacks it, that is a warning and an unknown capacity, never a crash."""
-    import ray._private.state as private_state
-
+def test_a_joined_clusters_capacity_is_unknown():
+    """A joined cluster may grow by means this process cannot see (an autoscaler, whose node types Ray 2.60
+    publishes through no public API): no bound on its folds, and a pool shortfall is only a warning."""
     from ecmf_ray.extract import resources
 
-    monkeypatch.delattr(private_state.GlobalState, "get_cluster_config")
-    assert resources.autoscaler_node_types() is None
-    assert "cannot read the autoscaler's node types" in caplog.text
-    assert resources.cluster_capacity(joined=True) is None  # a joined cluster: unknown, callers only warn
+    assert resources.cluster_capacity(joined=True) is None
 
 
 def test_trial_concurrency_is_bounded_by_config_not_by_the_cluster_at_the_start():
