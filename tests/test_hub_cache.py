@@ -1,8 +1,7 @@
-"""The default hub ids, loaded as published: an offline Hugging Face cache with small random checkpoints.
-
-The cache is laid out exactly as huggingface_hub writes one (``models--ORG--NAME/blobs``, ``snapshots/<rev>/``
-links into the blobs, ``refs/main``). Like the real repos, CLIP ships ``model.safetensors``; HuBERT and RoBERTa
-ship only ``pytorch_model.bin`` (RoBERTa as hfl publishes it: a BertForMaskedLM, keys prefixed ``bert.``).
+"""Checkpoints loaded as the default ids' repos publish them: like the real repos, CLIP ships
+``model.safetensors``; HuBERT and RoBERTa ship only ``pytorch_model.bin`` (RoBERTa as hfl publishes it: a
+BertForMaskedLM, keys prefixed ``bert.``). The whole offline path, ``ecmf prepare`` + ``ecmf extract`` through
+the default ids in a cache laid out as huggingface_hub writes one, runs in tests/extract/test_workstation.py.
 """
 
 from __future__ import annotations
@@ -12,17 +11,11 @@ import os
 import pickle
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
-from ecmf_ray import features, hub
-from ecmf_ray.config import load_config
-from ecmf_ray.data.synth import synthesize
-from ecmf_ray.testing.hf_cache import bin_bytes, write_hub_repo
-from tests.offline_cli import offline_ecmf
-
-DEFAULT_IDS = dict(load_config().models)  # configs/base.yaml's model ids, as a user runs them
+from ecmf_ray import hub
+from ecmf_ray.testing.hf_cache import bin_bytes
 
 
 def folder_files(folder: str, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
@@ -65,18 +58,6 @@ def roberta_files(tiny_cache: str) -> tuple[dict[str, bytes], dict[str, torch.Te
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("tiny-models"))
-
-
-@pytest.fixture(scope="module")
-def hf_home(tmp_path_factory: pytest.TempPathFactory, tiny_cache: str) -> Path:
-    """``$HF_HOME`` holding the three default ids."""
-    home = tmp_path_factory.mktemp("hf-home")
-    clip = folder_files(hub.resolve_model_ref("tiny:clip", tiny_cache))
-    assert sorted(clip) == ["config.json", "model.safetensors", "preprocessor_config.json"]
-    write_hub_repo(home / "hub", DEFAULT_IDS["clip"], clip)
-    write_hub_repo(home / "hub", DEFAULT_IDS["hubert"], hubert_files(tiny_cache)[0])
-    write_hub_repo(home / "hub", DEFAULT_IDS["roberta"], roberta_files(tiny_cache)[0])
-    return home
 
 
 class RunsCode:
@@ -133,28 +114,3 @@ def test_safetensors_win_over_a_bin(tmp_path: Path, tiny_cache: str) -> None:
     files["pytorch_model.bin"] = bin_bytes({"x": RunsCode(marker)})
     model, _ = hub.load_hubert(local_folder(tmp_path / "both", files), tiny_cache)
     assert model.config.num_hidden_layers == 4 and not marker.exists()
-
-
-def test_extract_with_the_default_hub_ids_offline(tmp_path: Path, hf_home: Path) -> None:
-    """`ecmf prepare` + `ecmf extract` with configs/base.yaml's models, offline, all four branches."""
-    data, run = tmp_path / "data", tmp_path / "run"
-    synthesize(str(data), 2, unlabeled=1, duration_s=2.0, width=160, height=120)
-    ecmf = offline_ecmf(hf_home, tmp_path / "home")
-    ecmf("prepare", f"run_dir={run}", f"dataset.root={data}")
-    # Only sizes shrink: Ray's logical CPUs (one per encoder actor, as base.yaml reserves), frames, batches.
-    ecmf(
-        "extract",
-        f"run_dir={run}",
-        "ray.num_cpus=4",
-        "extract.frames.num=2",
-        "extract.decode.batch_size=4",
-        "extract.clip.batch_size=4",
-        "extract.hubert.batch_size=4",
-        "extract.roberta.batch_size=4",
-    )
-    assert pd.read_parquet(features.errors_path(str(run))).empty
-    for branch, ref in [("frame", "clip"), ("face", "clip"), ("audio", "hubert"), ("text", "roberta")]:
-        table = pd.read_parquet(features.branch_dir(str(run), branch))
-        assert len(table) == 3 and set(table["model"]) == {DEFAULT_IDS[ref]}, branch
-    audio = pd.read_parquet(features.branch_dir(str(run), "audio"))
-    assert set(audio["layers"]) == {"16,17,18,19,20,21"}
