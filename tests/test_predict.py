@@ -53,30 +53,51 @@ def test_predictions_on_held_out_clips(finished_run, held_out):
     )
 
 
-def test_the_runs_own_test_clips_get_the_submission(finished_run, held_out, tmp_path):
+@pytest.fixture(scope="module")
+def own_test(finished_run, held_out, tmp_path_factory) -> tuple[pd.DataFrame, dict, Path]:
+    """`ecmf predict` on a manifest file: the run's own test clips, then one whose video is gone, written to
+    an output of its own. Its predictions table, summary and output path; after ``held_out``, so that a
+    second input's outputs are seen to go beside the first's."""
+    run_dir = Path(finished_run.run_dir)
+    manifest = pd.read_parquet(run_dir / "manifest.parquet")
+    test = manifest.loc[manifest["split"].eq("test"), ["video_id", "video_path", "text"]]
+    gone = pd.DataFrame({"video_id": ["gone"], "video_path": ["nope.mp4"], "text": [""]})
+    folder = tmp_path_factory.mktemp("own_test")
+    pd.concat([test, gone]).to_csv(folder / "own_test.csv", index=False)
+    output = folder / "predictions.csv"
+    cfg = finished_run.config(f"predict.manifest={folder / 'own_test.csv'}", f"predict.output={output}")
+    summary = run_predict(cfg)
+    return pd.read_csv(output, keep_default_na=False), summary, output
+
+
+def test_the_runs_own_test_clips_get_the_submission(finished_run, held_out, own_test):
     """Predict and finalize agree: the submission's labels, ensemble_test.parquet's probabilities; and a
     second input's predictions go beside its own features, never over the first's."""
     run_dir = Path(finished_run.run_dir)
     members = pd.read_json(run_dir / "final" / "ensemble.json", typ="series")["members"]
     assert len(members) >= 2
-    manifest = pd.read_parquet(run_dir / "manifest.parquet")
-    test = manifest[manifest["split"].eq("test")]
-    test[["video_id", "video_path", "text"]].to_parquet(tmp_path / "own_test.parquet")
-    assert main(["predict", *finished_run.args, f"predict.manifest={tmp_path / 'own_test.parquet'}"]) == 0
-
-    out = pd.read_csv(run_dir / "predict" / "own_test" / "predictions.csv", keep_default_na=False)
-    out = out.set_index("name")
+    out = own_test[0].set_index("name").drop(index="gone")
     assert (out["error"] == "").all()
     submission = pd.read_csv(run_dir / "final" / "submission.csv").set_index("name")["discrete"]
-    assert sorted(out.index) == sorted(submission.index) == sorted(test["video_id"])
+    assert sorted(out.index) == sorted(submission.index)
     assert out["discrete"].equals(submission.reindex(out.index))
     ensemble = pd.read_parquet(run_dir / "final" / "ensemble_test.parquet").set_index("video_id")
     np.testing.assert_allclose(
         out[PROB_COLUMNS].to_numpy(dtype=float), ensemble.loc[out.index, PROB_COLUMNS].to_numpy(), atol=1e-6
     )
+    assert (run_dir / "predict" / "own_test" / "features" / "spec.json").exists()
     # The held-out folder's predictions are still there, untouched.
     kept = pd.read_csv(run_dir / "predict" / "video" / "predictions.csv", keep_default_na=False)
     assert kept.equals(held_out)
+
+
+def test_manifest_input_keeps_a_row_per_clip_in_its_order(finished_run, own_test):
+    out, summary, output = own_test
+    manifest = pd.read_csv(Path(output).parent / "own_test.csv")
+    assert list(out["name"]) == list(manifest["video_id"]) and summary["errors"] == 1
+    gone = out.set_index("name").loc["gone"]
+    assert gone["discrete"] == "" and "video file not found" in gone["error"]
+    assert not Path(finished_run.run_dir, "predict", "own_test", "predictions.csv").exists()  # predict.output
 
 
 def test_refuses_another_feature_spec(finished_run):
@@ -84,23 +105,6 @@ def test_refuses_another_feature_spec(finished_run):
     cfg.extract.frames.num = 8
     with pytest.raises(ValueError, match=r"differently .*changed: .*frame.frames.num.*config/extract.yaml"):
         run_predict(cfg)
-
-
-def test_manifest_input_keeps_a_row_per_clip(finished_run, tmp_path):
-    held = Path(finished_run.held)
-    names = ["sample_00001", "sample_00002"]
-    manifest = pd.DataFrame(
-        {"video_id": [*names, "gone"], "video_path": [*(f"{held}/video/{n}.mp4" for n in names), "nope.mp4"]}
-    )
-    manifest.to_csv(tmp_path / "new.csv", index=False)
-    cfg = finished_run.config(
-        f"predict.manifest={tmp_path / 'new.csv'}", f"predict.output={tmp_path / 'p.csv'}"
-    )
-    summary = run_predict(cfg)
-    out = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
-    assert list(out["name"]) == [*names, "gone"] and summary["errors"] == 1
-    assert out.loc[2, "discrete"] == "" and "video file not found" in out.loc[2, "error"]
-    assert Path(finished_run.run_dir, "predict", "new", "features", "spec.json").exists()
 
 
 def test_vote_members_and_clips_without_usable_features():
