@@ -188,9 +188,10 @@ def cluster_capacity(joined: bool) -> Capacity | None:
 
     A cluster this process started (``joined=False``): its live nodes, which is all it will ever have. A
     joined cluster may grow by means this process cannot see: None (callers only warn). Ray 2.60 has no
-    public API for an autoscaler's node types and their ``max_workers``, and none of its own autoscalers
-    (``ray up``'s, KubeRay's, v1 or v2) publishes them to the GCS: the cluster config that Ray Data reads
-    through ``ray._private.state`` stays empty on a fake-provider autoscaling head.
+    public API for an autoscaler's node types and their ``max_workers``, and its own autoscalers (``ray up``'s,
+    KubeRay's, v1 or v2) never publish them: nothing in its Python calls the GCS's ``ReportClusterConfig``,
+    and the cluster config that Ray Data reads through ``ray._private.state`` stayed empty on a
+    fake-provider autoscaling head.
     """
     if joined:
         return None
