@@ -82,10 +82,15 @@ def timed(fn: Callable[[], Any]) -> tuple[float, dict[str, Any]]:
 
 
 def cpu_line(seconds: float, figures: dict[str, Any]) -> str:
-    """CPU seconds per process kind, largest first, and the cores they kept busy on average."""
+    """CPU seconds per process kind, largest first, the cores they kept busy on average, and the processes
+    that started during the run, by kind."""
     cpu = sorted(figures["cpu_s"].items(), key=lambda kv: -kv[1])
     kinds = ", ".join(f"{kind} {s:.1f}" for kind, s in cpu if s >= 0.5)
-    return f"    CPU s by process kind: {kinds}; {sum(dict(cpu).values()) / seconds:.2f} cores busy"
+    started = ", ".join(f"{kind} {n}" for kind, n in figures["processes"].items())
+    return (
+        f"    CPU s by process kind: {kinds}; {sum(dict(cpu).values()) / seconds:.2f} cores busy\n"
+        f"    processes started: {started or 'none'}"
+    )
 
 
 def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:

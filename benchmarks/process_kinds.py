@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 # Substring of a Ray proctitle -> kind, first match wins.
@@ -124,15 +124,18 @@ class ProcessSampler:
         self.peak_kind_mb: dict[str, float] = defaultdict(float)  # largest sum over a kind at one sample
         self.peak_tree_mb = 0.0
         self.cpu_s: dict[str, float] = defaultdict(float)
+        self.first_kind: dict[int, str] = {}  # every process seen, by the kind it had when first seen
         self.peak_gpu_mb: dict[str, float] = defaultdict(float)
         self.gpu_util: list[float] = []
         self._last_cpu: dict[int, float] = {}
+        self._before: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> ProcessSampler:
         # CPU already spent (this process's own earlier work) is not the sampled run's.
         self._last_cpu = {pid: _cpu_seconds(pid) for pid in process_tree(self.root)}
+        self._before = set(self._last_cpu)
         self._thread.start()
         return self
 
@@ -151,6 +154,7 @@ class ProcessSampler:
         sums: dict[str, float] = defaultdict(float)
         for pid in process_tree(self.root):
             kind = kinds[pid] = classify(pid, self.root)
+            self.first_kind.setdefault(pid, kind)
             resident, shared = resident_bytes(pid)
             rss = resident / 2**20
             sums[kind] += rss
@@ -178,6 +182,10 @@ class ProcessSampler:
             "peak_private_mb": {k: round(v) for k, v in sorted(self.peak_private_mb.items())},
             "peak_kind_mb": {k: round(v) for k, v in sorted(self.peak_kind_mb.items())},
             "cpu_s": {k: round(v, 1) for k, v in sorted(self.cpu_s.items())},
+            # Processes that started during the run (a worker started and killed again shows up here).
+            "processes": dict(
+                sorted(Counter(self.first_kind[p] for p in self.first_kind if p not in self._before).items())
+            ),
             "encoder_cpu_share": {k: round(v / busy, 3) for k, v in sorted(encoders.items())},
         }
         if self.gpu:
