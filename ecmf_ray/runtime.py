@@ -74,19 +74,20 @@ def init_ray(cfg: DictConfig) -> Any:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if ray.is_initialized():
         return ray.get_runtime_context()
-    env_vars = worker_env_vars()
-    runtime_env = {"env_vars": env_vars} if env_vars else None
     if joins_a_cluster(cfg):
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
         logger.info("joining Ray cluster at %s", address)
+        env_vars = worker_env_vars()
+        runtime_env = {"env_vars": env_vars} if env_vars else None
         return ray.init(address=address, runtime_env=runtime_env, log_to_driver=cfg.ray.log_to_driver)
     logger.info("starting a local Ray cluster (cpus=%s, gpus=%s)", cfg.ray.num_cpus, cfg.ray.num_gpus)
-    # address="local": a fresh cluster even if `ray start` left one running on this machine.
+    # address="local": a fresh cluster even if `ray start` left one running on this machine. No runtime
+    # env: the cluster's processes inherit this environment (the settings above included), and a job
+    # runtime env would leave unused the workers Ray starts in advance, one per CPU, and start new ones.
     return ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus,
         num_gpus=cfg.ray.num_gpus,
-        runtime_env=runtime_env,
         log_to_driver=cfg.ray.log_to_driver,
         include_dashboard=None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import errno
 import os
 import shutil
 import signal
@@ -253,3 +255,65 @@ def test_kill_during_the_write_stage_then_a_rerun_loses_and_repeats_nothing(
         seq_ids, seq_matrix = features.load_branch(sequential_run["run_dir"], branch)
         assert ids == seq_ids
         np.testing.assert_allclose(matrix, seq_matrix, rtol=1e-4, atol=1e-5, err_msg=branch)
+
+
+def _reader_waiting(fifo: str) -> int | None:
+    """A write end of ``fifo`` if some process has it open for reading (else None): opening a FIFO to
+    write without blocking fails with ENXIO while it has no reader."""
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno != errno.ENXIO:
+            raise
+        return None
+
+
+def test_two_decode_tasks_run_at_once(ray_cluster, tmp_path, clips: pd.DataFrame, model_cache: str) -> None:
+    """On 2 CPUs the local profile's budget runs two decode tasks at the same time.
+
+    Each of two decode tasks (a block of extract.decode.batch_size videos each) starts with a named pipe,
+    whose reader blocks until the test writes to it. The test holds the first pipe's reader until the
+    second pipe has one too, then checks that the first is still reading, so both tasks were decoding at
+    once however loaded the machine. A budget that runs one decode task at a time never opens the second
+    pipe while the first blocks, and the test fails at its deadline. The pipes' videos then fail to
+    decode; the others are extracted.
+    """
+    cfg = extract_config(str(tmp_path / "run"), model_cache, "extract.decode.timeout_s=900")
+    batch = int(cfg.extract.decode.batch_size)
+    good = clips.loc[clips["video_id"].str.startswith("sample_")].iloc[0]
+    pipes = [str(tmp_path / f"block{b}.mp4") for b in range(2)]
+    for pipe in pipes:
+        os.mkfifo(pipe)
+    rows = [
+        (f"block{b}_{i}", pipes[b] if i == 0 else good["video_path"], good["text"])
+        for b in range(2)
+        for i in range(batch)
+    ]
+    frame = pd.DataFrame(rows, columns=["video_id", "video_path", "text"])
+    make_run(cfg.run_dir, frame.assign(label=None, split="unlabeled", valence=None))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_extract, cfg)
+        held: dict[str, int] = {}
+        try:
+            deadline = time.monotonic() + 300
+            while len(held) < 2 and time.monotonic() < deadline and not run.done():
+                for pipe in set(pipes) - set(held):
+                    if (fd := _reader_waiting(pipe)) is not None:
+                        held[pipe] = fd
+                time.sleep(0.05)
+            if run.done():
+                run.result()  # the run's own error, if it ended early
+            assert len(held) == 2, f"only {sorted(held)} of the two decode tasks' pipes had a reader at once"
+            os.write(held[pipes[0]], b"\0")  # BrokenPipeError if the first reader gave up meanwhile
+        finally:
+            for fd in held.values():
+                os.close(fd)
+            while not run.done():  # each later open of a pipe (another decoder call) reads EOF at once
+                for pipe in pipes:
+                    if (fd := _reader_waiting(pipe)) is not None:
+                        os.close(fd)
+                time.sleep(0.05)
+        summary = run.result()
+    errored = set(_errors(cfg.run_dir)["video_id"])
+    assert errored == {"block0_0", "block1_0"}
+    assert summary["videos_ok"] == 2 * batch - 2
