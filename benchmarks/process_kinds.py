@@ -184,7 +184,7 @@ class ProcessSampler:
             "cpu_s": {k: round(v, 1) for k, v in sorted(self.cpu_s.items())},
             # Processes that started during the run (a worker started and killed again shows up here).
             "processes": dict(
-                sorted(Counter(self.first_kind[p] for p in self.first_kind if p not in self._before).items())
+                sorted(Counter(k for p, k in self.first_kind.items() if p not in self._before).items())
             ),
             "encoder_cpu_share": {k: round(v / busy, 3) for k, v in sorted(encoders.items())},
         }

@@ -304,7 +304,8 @@ def test_two_decode_tasks_run_at_once(ray_cluster, tmp_path, clips: pd.DataFrame
             if run.done():
                 run.result()  # the run's own error, if it ended early
             assert len(held) == 2, f"only {sorted(held)} of the two decode tasks' pipes had a reader at once"
-            os.write(held[pipes[0]], b"\0")  # BrokenPipeError if the first reader gave up meanwhile
+            for fd in held.values():  # BrokenPipeError if a reader, the first one held, gave up meanwhile
+                os.write(fd, b"\0")
         finally:
             for fd in held.values():
                 os.close(fd)
