@@ -13,8 +13,11 @@ are inside it. Peak RSS is this process's for the loop, and for Ray the sum over
 its children (raylet, object store, workers; shared pages count once per process that maps them).
 Both print the CPU seconds of each process kind (``process_kinds.py``: driver, decode task, decoder
 child, each encoder, write task, Ray's own) and the cores they kept busy. Sampled every 0.2 s.
-``--repeat R`` alternates the two R times and keeps the best of each (for shared machines). The last
-line is one JSON object.
+``--repeat R`` alternates the two R times and keeps the best of each (for shared machines), and lists each
+pair's ratio too. Every Ray run starts its own cluster and shuts it down after, so each is a cold start
+and no loop runs beside an idle cluster. The loop's later runs are warm (this process has already imported
+transformers and built and run the models): for like-for-like pairs, run the benchmark once per pair.
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def cpu_line(seconds: float, figures: dict[str, Any]) -> str:
 
 
 def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
     import torch
 
     from ecmf_ray.extract.pipeline import run_extract
@@ -113,9 +117,11 @@ def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.torch_threads)
     # Alternating repeats, best of each: the machine may be shared, and load comes and goes.
     for attempt in range(1, args.repeat + 1):
+        seq_rate = ray_rate = None
         if not args.skip_seq:
             seconds, figures = timed(lambda: run_sequential(config("seq")))
-            result["seq_videos_per_s"] = max(result.get("seq_videos_per_s", 0.0), args.n / seconds)
+            seq_rate = args.n / seconds
+            result["seq_videos_per_s"] = max(result.get("seq_videos_per_s", 0.0), seq_rate)
             print(
                 f"[{attempt}] sequential loop: {args.n / seconds:.2f} videos/s ({seconds:.1f} s), "
                 f"peak RSS {figures['peak_process_mb']['driver']:.0f} MB"
@@ -124,14 +130,20 @@ def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_ray:
             cfg = config("ray")
             init_ray(cfg)
-            seconds, figures = timed(functools.partial(run_extract, cfg))
+            try:
+                seconds, figures = timed(functools.partial(run_extract, cfg))
+            finally:
+                ray.shutdown()  # the next attempt starts cold, and the next loop runs beside no cluster
             peak = figures["peak_tree_mb"]
-            result["ray_videos_per_s"] = max(result.get("ray_videos_per_s", 0.0), args.n / seconds)
+            ray_rate = args.n / seconds
+            result["ray_videos_per_s"] = max(result.get("ray_videos_per_s", 0.0), ray_rate)
             result["peak_rss_mb"] = round(max(result.get("peak_rss_mb", 0.0), peak), 1)
             print(
                 f"[{attempt}] ray pipeline:    {args.n / seconds:.2f} videos/s ({seconds:.1f} s), peak RSS {peak:.0f} MB"
             )
             print(cpu_line(seconds, figures))
+        if seq_rate and ray_rate:
+            result.setdefault("pair_ratios", []).append(round(ray_rate / seq_rate, 3))
     if "seq_videos_per_s" in result and "ray_videos_per_s" in result:
         result["ratio"] = result["ray_videos_per_s"] / result["seq_videos_per_s"]
         print(f"ratio ray/sequential: {result['ratio']:.2f}")
