@@ -123,7 +123,7 @@ def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
             seq_rate = args.n / seconds
             result["seq_videos_per_s"] = max(result.get("seq_videos_per_s", 0.0), seq_rate)
             print(
-                f"[{attempt}] sequential loop: {args.n / seconds:.2f} videos/s ({seconds:.1f} s), "
+                f"[{attempt}] sequential loop: {seq_rate:.2f} videos/s ({seconds:.1f} s), "
                 f"peak RSS {figures['peak_process_mb']['driver']:.0f} MB"
             )
             print(cpu_line(seconds, figures))
@@ -139,7 +139,7 @@ def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
             result["ray_videos_per_s"] = max(result.get("ray_videos_per_s", 0.0), ray_rate)
             result["peak_rss_mb"] = round(max(result.get("peak_rss_mb", 0.0), peak), 1)
             print(
-                f"[{attempt}] ray pipeline:    {args.n / seconds:.2f} videos/s ({seconds:.1f} s), peak RSS {peak:.0f} MB"
+                f"[{attempt}] ray pipeline:    {ray_rate:.2f} videos/s ({seconds:.1f} s), peak RSS {peak:.0f} MB"
             )
             print(cpu_line(seconds, figures))
         if seq_rate and ray_rate:
