@@ -12,7 +12,7 @@ this process, before Ray starts; ``ray.init`` is outside the timing, actor start
 are inside it. Peak RSS is this process's for the loop, and for Ray the sum over this process and all
 its children (raylet, object store, workers; shared pages count once per process that maps them).
 Both print the CPU seconds of each process kind (``process_kinds.py``: driver, decode task, decoder
-child, each encoder, write task, Ray's own) and the cores they kept busy. Sampled every 0.2 s.
+child, each encoder pool, write task, Ray's own) and the cores they kept busy. Sampled every 0.2 s.
 ``--repeat R`` alternates the two R times and keeps the best of each (for shared machines), and lists each
 pair's ratio too. Every Ray run starts its own cluster and shuts it down after, so each is a cold start
 and no loop runs beside an idle cluster. The loop's later runs are warm (this process has already imported

@@ -17,6 +17,7 @@ from typing import Any
 
 # Substring of a Ray proctitle -> kind, first match wins.
 _RAY_KINDS = (
+    ("EncoderChain", "encoders (one pool)"),
     ("ClipEncoder", "encoder clip"),
     ("HubertEncoder", "encoder hubert"),
     ("RobertaEncoder", "encoder roberta"),

@@ -1,8 +1,9 @@
 """The three encoders as callable classes over a batch: CLIP (frame + face), HuBERT (audio), RoBERTa (text).
 
-Ray Data runs each class in its own actor pool (the model loads once, in ``__init__``); the sequential
-reference path calls the very same classes in a loop. Each call consumes its input columns (crops, audio,
-text), adds ``<branch>_feature`` (NaN where the branch failed) and passes the rest of the row on.
+Ray Data runs each class in its own actor pool (the model loads once, in ``__init__``), or all of them in
+one pool's actors through :class:`EncoderChain`, as the sequential reference path calls them. Each call
+consumes its input columns (crops, audio, text), adds ``<branch>_feature`` (NaN where the branch failed) and
+passes the rest of the row on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ecmf_ray import hub
-from ecmf_ray.extract import pooling
+from ecmf_ray.extract import pooling, resources
 from ecmf_ray.extract.rows import count_column, error_cell, error_column, feature_column, ok_rows
 
 logger = logging.getLogger(__name__)
@@ -368,3 +369,22 @@ class RobertaEncoder:
             tokens[r] = n
         out[count_column("text")] = tokens
         return out
+
+
+ENCODERS: dict[str, type] = {"clip": ClipEncoder, "hubert": HubertEncoder, "roberta": RobertaEncoder}
+
+
+class EncoderChain:
+    """Several encoders in one process, each call running them in pipeline order.
+
+    The sequential loop's encoders, and the actor of a single pool holding them all
+    (``extract.encoder_pools: one``): one process importing torch and transformers instead of one per encoder.
+    """
+
+    def __init__(self, cfg: Any, num_threads: int | None = None):
+        self.encoders = [ENCODERS[name](cfg, num_threads) for name in resources.encoder_stages(cfg)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for encoder in self.encoders:
+            batch = encoder(batch)
+        return batch

@@ -5,8 +5,11 @@
     manifest rows ─▶ decode+faces (CPU tasks) ─▶ CLIP pool ─▶ HuBERT pool ─▶ RoBERTa pool
                  ─▶ write (CPU tasks: a shard per up to extract.write.videos_per_file videos) ─▶ driver: journal
 
-Each encoder is its own actor pool (``ActorPoolStrategy``); the model loads once per actor. CLIP runs
-first because it drops the largest columns (the crops), so later stages move only vectors, audio and text.
+Each encoder is its own actor pool (``ActorPoolStrategy``), sized and placed on its own; the model loads
+once per actor. CLIP runs first because it drops the largest columns (the crops), so later stages move only
+vectors, audio and text. With ``extract.encoder_pools: one`` (the CPU-only local profile) a single pool's
+actors hold all three models instead (:class:`~ecmf_ray.extract.encoders.EncoderChain`): separate pools
+buy nothing on cores they all share, and each costs a process that imports torch and transformers.
 The write tasks store each group of finished videos as an atomic shard (see :mod:`ecmf_ray.extract.journal`)
 and pass on only their ids, which the driver records in the journal while Ray Data keeps streaming; at
 the end the driver consolidates the shards into ``features/<branch>/`` and ``errors.parquet``
@@ -25,7 +28,7 @@ from omegaconf import DictConfig
 
 from ecmf_ray import runtime
 from ecmf_ray.extract import journal, resources, store
-from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
+from ecmf_ray.extract.encoders import ENCODERS, EncoderChain
 from ecmf_ray.extract.media import decode_batch
 from ecmf_ray.stall import stall_guarded_batches
 
@@ -53,21 +56,20 @@ def check_cluster(cfg: DictConfig) -> None:
         logger.warning("%s; waiting for the cluster to grow (an autoscaler launches nodes on demand)", err)
 
 
-def _actor_stage(ds: Any, encoder: type, cfg: DictConfig, stage_cfg: Any) -> Any:
+def _actor_stage(ds: Any, pool: resources.EncoderPool, cfg: DictConfig) -> Any:
     import ray.data
 
-    num_cpus = float(stage_cfg.num_cpus)
+    # A pool of one encoder runs its class, so the dashboard names it (MapBatches(ClipEncoder)).
+    encoder = ENCODERS[pool.encoders[0]] if len(pool.encoders) == 1 else EncoderChain
     return ds.map_batches(
         encoder,
-        fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(num_cpus))},
-        compute=ray.data.ActorPoolStrategy(
-            min_size=int(stage_cfg.pool_min), max_size=int(stage_cfg.pool_max)
-        ),
-        batch_size=int(stage_cfg.batch_size),
+        fn_constructor_kwargs={"cfg": cfg, "num_threads": max(1, int(pool.num_cpus))},
+        compute=ray.data.ActorPoolStrategy(min_size=pool.pool_min, max_size=pool.pool_max),
+        batch_size=pool.batch_size,
         batch_format="numpy",
-        num_cpus=num_cpus,
-        num_gpus=float(stage_cfg.num_gpus),
-        **_memory(stage_cfg.memory_mb),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+        **_memory(int(pool.memory_mb)),
         udf_modifying_row_count=False,
     )
 
@@ -78,7 +80,6 @@ def build_dataset(cfg: DictConfig, todo: Any, digests: dict[str, str]) -> Any:
     import ray.data
 
     e = cfg.extract
-    branches = set(e.branches)
     ds = ray.data.from_pandas(store.input_blocks(todo, int(e.decode.batch_size)))
     ds = ds.map_batches(
         decode_batch,
@@ -92,12 +93,8 @@ def build_dataset(cfg: DictConfig, todo: Any, digests: dict[str, str]) -> Any:
         **_memory(max(1, int(e.decode.memory_mb))),
         udf_modifying_row_count=False,
     )
-    if branches & {"frame", "face"}:
-        ds = _actor_stage(ds, ClipEncoder, cfg, e.clip)
-    if "audio" in branches:
-        ds = _actor_stage(ds, HubertEncoder, cfg, e.hubert)
-    if "text" in branches:
-        ds = _actor_stage(ds, RobertaEncoder, cfg, e.roberta)
+    for pool in resources.encoder_pools(cfg):
+        ds = _actor_stage(ds, pool, cfg)
     # A shard per batch: Ray Data bundles finished blocks up to videos_per_file rows and cuts each bundle's
     # remainder into a smaller batch, so a shard holds up to videos_per_file videos. Not a strict
     # ds.repartition first (exact shards): its tasks reserve one CPU each, which Ray Data's resource

@@ -8,27 +8,13 @@ encoders; only the batching differs).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from omegaconf import DictConfig
 
 from ecmf_ray.extract import resources, store
-from ecmf_ray.extract.encoders import ClipEncoder, HubertEncoder, RobertaEncoder
+from ecmf_ray.extract.encoders import EncoderChain
 from ecmf_ray.extract.journal import write_shard
 from ecmf_ray.extract.media import decode_batch
-
-
-def build_stages(cfg: DictConfig) -> list[Any]:
-    """The configured encoders in pipeline order, loaded once."""
-    branches = set(cfg.extract.branches)
-    stages: list[Any] = []
-    if branches & {"frame", "face"}:
-        stages.append(ClipEncoder(cfg))
-    if "audio" in branches:
-        stages.append(HubertEncoder(cfg))
-    if "text" in branches:
-        stages.append(RobertaEncoder(cfg))
-    return stages
 
 
 def run_sequential(cfg: DictConfig, limit: int | None = None) -> dict:
@@ -42,13 +28,11 @@ def run_sequential(cfg: DictConfig, limit: int | None = None) -> dict:
     processed = 0
     for step in plan.passes:
         pass_cfg = store.pass_config(cfg, step.branches)
-        stages = build_stages(pass_cfg)
+        encoders = EncoderChain(pass_cfg)
         todo = step.todo if limit is None else step.todo.head(max(limit - processed, 0))
         for block in store.input_blocks(todo, 1):
             batch = decode_batch({name: block[name].to_numpy() for name in block.columns}, pass_cfg)
-            for stage in stages:
-                batch = stage(batch)
-            plan.record(write_shard(batch, cfg.run_dir, plan.digests(step.branches)))
+            plan.record(write_shard(encoders(batch), cfg.run_dir, plan.digests(step.branches)))
         processed += len(todo)
     if limit is not None:
         return {"processed": processed}

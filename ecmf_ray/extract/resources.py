@@ -46,9 +46,63 @@ class Capacity:
 
 
 def encoder_stages(cfg: Any) -> list[str]:
-    """The encoder pools this run starts (a pool runs when any of its branches is extracted)."""
+    """The encoders this run loads, in pipeline order (an encoder runs when any of its branches is extracted)."""
     branches = set(cfg.extract.branches)
     return [name for name, needs in ENCODER_STAGES if needs & branches]
+
+
+# What one pool holding several encoders (extract.encoder_pools: one) takes from their settings: each actor
+# reserves what one actor of each separate pool would; batching and pool size are the first encoder's.
+SUMMED_FIELDS = ("num_cpus", "num_gpus", "memory_mb")
+FIRST_ENCODER_FIELDS = ("batch_size", "pool_min", "pool_max")
+
+
+@dataclass(frozen=True)
+class EncoderPool:
+    """One actor pool of the extraction: the encoders each of its actors holds, and what each actor reserves."""
+
+    encoders: tuple[str, ...]
+    batch_size: int
+    pool_min: int
+    pool_max: int
+    num_cpus: float
+    num_gpus: float
+    memory_mb: float
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.encoders)
+
+    def key(self, field: str) -> str:
+        """Where a setting of this pool comes from, for messages."""
+        if len(self.encoders) == 1 or field in FIRST_ENCODER_FIELDS:
+            return f"extract.{self.encoders[0]}.{field}"
+        return f"extract.{{{','.join(self.encoders)}}}.{field} summed (extract.encoder_pools: one)"
+
+
+def encoder_pools(cfg: Any) -> list[EncoderPool]:
+    """The actor pools this run starts, in pipeline order, once the GPU shares are numbers.
+
+    ``extract.encoder_pools: separate``: a pool per encoder, each with its own settings. ``one``: a single
+    pool whose actors hold every encoder of the run (see :data:`SUMMED_FIELDS`, :data:`FIRST_ENCODER_FIELDS`;
+    the first is CLIP when the visual branches run).
+    """
+    e = cfg.extract
+    names = encoder_stages(cfg)
+    if e.encoder_pools == "separate":
+        groups = [[name] for name in names]
+    elif e.encoder_pools == "one":
+        groups = [names] if names else []
+    else:
+        raise ValueError(f"extract.encoder_pools must be separate or one, got {e.encoder_pools!r}")
+    return [_pool(e, group) for group in groups]
+
+
+def _pool(e: Any, names: list[str]) -> EncoderPool:
+    first = e[names[0]]
+    # Rounded: Ray reserves in steps of 1e-4, and a float sum such as 0.1 + 0.1 + 0.1 must not ask for more.
+    summed = {f: round(sum(float(e[name][f]) for name in names), 4) for f in SUMMED_FIELDS}
+    return EncoderPool(tuple(names), **{f: int(first[f]) for f in FIRST_ENCODER_FIELDS}, **summed)
 
 
 def gpu_share(need_gb: float, gpu_gb: float) -> float:
@@ -115,19 +169,20 @@ def with_gpu_shares(cfg: DictConfig, joined: bool) -> DictConfig:
 
 
 def min_pool_actors(cfg: Any) -> list[tuple[str, float, float, float]]:
-    """``(stage, num_gpus, num_cpus, memory_mb)`` for every actor the run starts with (``pool_min`` per pool)."""
-    e = cfg.extract
+    """``(pool, num_gpus, num_cpus, memory_mb)`` for every actor the run starts with (``pool_min`` per pool)."""
     actors = []
-    for name in encoder_stages(cfg):
-        stage = e[name]
-        share = float(stage.num_gpus)
+    for pool in encoder_pools(cfg):
+        share = pool.num_gpus
         if share > 1 and not share.is_integer():
-            raise ValueError(f"extract.{name}.num_gpus={share:g}: above 1 it must be a whole number of GPUs")
-        if int(stage.pool_min) < 1 or int(stage.pool_max) < int(stage.pool_min):
             raise ValueError(
-                f"extract.{name}: need 1 <= pool_min <= pool_max, got {stage.pool_min} and {stage.pool_max}"
+                f"{pool.key('num_gpus')}: {share:g} GPUs; above 1 a share must be a whole number of GPUs"
             )
-        actors += [(name, share, float(stage.num_cpus), float(stage.memory_mb))] * int(stage.pool_min)
+        if pool.pool_min < 1 or pool.pool_max < pool.pool_min:
+            raise ValueError(
+                f"{pool.key('pool_min')} and pool_max: need 1 <= pool_min <= pool_max, got {pool.pool_min} "
+                f"and {pool.pool_max}"
+            )
+        actors += [(pool.name, share, pool.num_cpus, pool.memory_mb)] * pool.pool_min
     return actors
 
 

@@ -20,8 +20,10 @@ from ecmf_ray.data.synth import synthesize
 from ecmf_ray.finalize.report import peak_concurrency
 
 CONFIG = REPO / "cluster" / "local-autoscaler.yaml"
-# The local profile, with GPU shares that put the three encoder pools on one (logical) GPU node.
-GPU_SHARES = ("extract.clip.num_gpus=0.5", "extract.hubert.num_gpus=0.25", "extract.roberta.num_gpus=0.25")
+# The local profile, with the GPU profiles' pool per encoder and GPU shares that put the three pools on one
+# (logical) GPU node.
+GPU_SHARES = ("extract.encoder_pools=separate", "extract.clip.num_gpus=0.5", "extract.hubert.num_gpus=0.25",
+              "extract.roberta.num_gpus=0.25")  # fmt: skip
 FOLDS = 3
 SMALL_RUN = (
     f"train.folds={FOLDS}", "train.max_epochs=30", "train.checkpoint_every=1", "train.early_stopping_patience=null",

@@ -41,7 +41,9 @@ BRANCHES = ("frame", "face", "audio", "text")
 ENCODERS = ("ClipEncoder", "HubertEncoder", "RobertaEncoder")
 EPOCHS = 200  # per fold in the training test
 # Blocks and shards of 4 videos: many of each, so the lost node holds some of the work and the rest goes on.
+# A pool per encoder, as the GPU profiles run on clusters.
 EXTRACT_SMALL = (
+    "extract.encoder_pools=separate",
     *(f"extract.{stage}.batch_size=4" for stage in ("decode", "clip", "hubert", "roberta")),
     "extract.write.videos_per_file=4",
 )

@@ -40,7 +40,7 @@ def test_every_profile_starts_its_pools_on_one_gpu(profile: str) -> None:
     cfg = load_config([profile], [*REQUIRED, "extract.node_gpu_memory_gb=24"])
     cfg = resources.with_gpu_shares(cfg, joined=True)
     actors = resources.min_pool_actors(cfg)
-    assert {a[0] for a in actors} == {"clip", "hubert", "roberta"}
+    assert {name for pool in resources.encoder_pools(cfg) for name in pool.encoders} == set(ENCODERS)
     assert resources.pack_gpu_shares([a[1] for a in actors], [1.0])
     # One GPU and the CPUs and memory the pools reserve plus one decode task: enough to start.
     cpus = sum(a[2] for a in actors) + float(cfg.extract.decode.num_cpus)
@@ -139,11 +139,57 @@ def test_whole_gpu_pools_on_two_gpus_are_refused() -> None:
         resources.check_pools_fit(cfg, resources.Capacity((2.0,), 16.0, 65536, "a two-GPU node"))
 
 
+def test_gpu_profiles_run_a_pool_per_encoder_and_the_local_profile_one() -> None:
+    for profile in ("workstation", "cluster"):
+        cfg = load_config([profile], [*REQUIRED, "extract.node_gpu_memory_gb=24"])
+        pools = resources.encoder_pools(resources.with_gpu_shares(cfg, joined=True))
+        assert [p.encoders for p in pools] == [("clip",), ("hubert",), ("roberta",)], profile
+    assert [p.encoders for p in resources.encoder_pools(load_config(["local"]))] == [ENCODERS]
+
+
+def test_one_pool_reserves_what_the_separate_pools_actors_would() -> None:
+    """Each actor of the one pool holds the three encoders: it reserves one actor of each separate pool's
+    CPUs, GPU share and memory, and the pool takes CLIP's batch and size."""
+    held = ["extract.clip.num_gpus=0.5", "extract.hubert.num_gpus=0.25", "extract.roberta.num_gpus=0.25",
+            "extract.clip.memory_mb=100", "extract.roberta.memory_mb=28", "extract.clip.pool_max=2",
+            "extract.hubert.batch_size=4", "extract.hubert.pool_max=3"]  # fmt: skip
+    cfg = load_config(["local"], held)
+    (pool,) = resources.encoder_pools(cfg)
+    assert pool.encoders == ENCODERS
+    # 0.1 each, summed without float residue: Ray reserves in steps of 1e-4.
+    assert (pool.num_cpus, pool.num_gpus, pool.memory_mb) == (0.3, 1.0, 128.0)
+    assert (pool.batch_size, pool.pool_min, pool.pool_max) == (cfg.extract.clip.batch_size, 1, 2)
+    separate = resources.encoder_pools(load_config(["local"], [*held, "extract.encoder_pools=separate"]))
+    assert [(p.encoders, p.num_gpus, p.batch_size, p.pool_max) for p in separate] == [
+        (("clip",), 0.5, cfg.extract.clip.batch_size, 2),
+        (("hubert",), 0.25, 4, 3),
+        (("roberta",), 0.25, cfg.extract.roberta.batch_size, 1),
+    ]
+    assert sum(p.num_cpus for p in separate) == pytest.approx(pool.num_cpus)
+    # A pass of one branch (e.g. after a changed extract.hubert.layers): its encoder's pool alone.
+    (audio,) = resources.encoder_pools(load_config(["local"], [*held, "extract.branches=[audio]"]))
+    assert (audio.encoders, audio.batch_size, audio.pool_max, audio.num_gpus) == (("hubert",), 4, 3, 0.25)
+
+
 def test_bad_pool_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"extract.clip.num_gpus=1.5"):
-        resources.min_pool_actors(load_config(["local"], ["extract.clip.num_gpus=1.5"]))
-    with pytest.raises(ValueError, match=r"extract.hubert: need 1 <= pool_min <= pool_max"):
-        resources.min_pool_actors(load_config(["local"], ["extract.hubert.pool_min=3"]))
+    separate = "extract.encoder_pools=separate"
+    with pytest.raises(ValueError, match=r"extract.clip.num_gpus: 1.5 GPUs; above 1"):
+        resources.min_pool_actors(load_config(["local"], [separate, "extract.clip.num_gpus=1.5"]))
+    with pytest.raises(
+        ValueError, match=r"extract.hubert.pool_min and pool_max: need 1 <= pool_min <= pool_max"
+    ):
+        resources.min_pool_actors(load_config(["local"], [separate, "extract.hubert.pool_min=3"]))
+    # One pool: three shares that each fit a GPU, but not one actor holding all three models.
+    halves = [f"extract.{name}.num_gpus=0.5" for name in ENCODERS]
+    with pytest.raises(
+        ValueError,
+        match=r"extract.\{clip,hubert,roberta\}.num_gpus summed \(extract.encoder_pools: one\): 1.5 GPUs",
+    ):
+        resources.min_pool_actors(load_config(["local"], halves))
+    with pytest.raises(ValueError, match=r"extract.clip.pool_min and pool_max: need 1 <="):
+        resources.min_pool_actors(load_config(["local"], ["extract.clip.pool_min=3"]))
+    with pytest.raises(ValueError, match="extract.encoder_pools must be separate or one, got 'shared'"):
+        resources.encoder_pools(load_config(["local"], ["extract.encoder_pools=shared"]))
 
 
 def test_extract_fails_early_when_no_gpu_can_hold_the_pools(
@@ -151,5 +197,5 @@ def test_extract_fails_early_when_no_gpu_can_hold_the_pools(
 ) -> None:
     """The shared test cluster has no GPU: a GPU share fails before any actor waits for one."""
     cfg = extract_config(make_run(str(tmp_path), clips), model_cache, "extract.clip.num_gpus=0.5")
-    with pytest.raises(resources.PoolsDoNotFit, match=r"clip 0.5 GPU.*live node"):
+    with pytest.raises(resources.PoolsDoNotFit, match=r"clip\+hubert\+roberta 0.5 GPU.*live node"):
         run_extract(cfg)
